@@ -1,0 +1,1 @@
+"""The ``nbcnn`` command-line interface (installed as the package ``nbcnn.cli``)."""

@@ -1,0 +1,13 @@
+"""Numba CPU kernels (``@njit(parallel=True, cache=True)``) behind :mod:`nbcnn.ops`.
+
+Every parallel loop writes disjoint outputs (one task per output row, plane
+or weight slice), so results are race-free and identical run to run.
+"""
+from .conv import conv2d_backward, conv2d_forward
+from .pad import pad2d, pad2d_backward
+from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward", "pad2d", "pad2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+]

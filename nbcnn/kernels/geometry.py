@@ -1,0 +1,109 @@
+"""Shape arithmetic shared by the ops layer and both kernel backends (pure Python)."""
+from __future__ import annotations
+
+import math
+import numbers
+
+PADDING_STRINGS = ("valid", "same", "full")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def as_pair(value, name: str) -> tuple[int, int]:
+    """An int or a pair of ints -> (a, b)."""
+    if _is_int(value):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def as_stride(stride) -> tuple[int, int]:
+    sh, sw = as_pair(stride, "stride")
+    if sh <= 0 or sw <= 0:
+        raise ValueError(f"stride must be positive, got {stride!r}")
+    return sh, sw
+
+
+def same_padding_1d(n: int, f: int, s: int) -> tuple[int, int]:
+    """TensorFlow/PyTorch 'same': output ceil(n/s), extra padding at the end."""
+    out = -(-n // s)
+    total = max((out - 1) * s + f - n, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),
+                    size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """Any accepted padding form -> (top, bottom, left, right).
+
+    Forms: int p; (ph, pw); (top, bottom, left, right); 'valid'; 'same'
+    (needs the input ``size`` when a stride is > 1); 'full' (f - 1 per side).
+    """
+    kh, kw = kernel
+    if isinstance(padding, str):
+        p = padding.lower()
+        if p == "valid":
+            return 0, 0, 0, 0
+        if p == "full":
+            return kh - 1, kh - 1, kw - 1, kw - 1
+        if p == "same":
+            sh, sw = stride
+            if size is None:
+                if sh != 1 or sw != 1:
+                    raise ValueError("padding='same' with stride > 1 depends on the input size; pass it")
+                size = (kh, kw)  # unused for stride 1: total = f - 1
+            return (*same_padding_1d(size[0], kh, sh), *same_padding_1d(size[1], kw, sw))
+        raise ValueError(f"unknown padding {padding!r}: use an int, a pair, or one of {PADDING_STRINGS}")
+    if _is_int(padding):
+        pads = (int(padding),) * 4
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(v) for v in padding):
+        pads = (int(padding[0]), int(padding[0]), int(padding[1]), int(padding[1]))
+    elif isinstance(padding, (tuple, list)) and len(padding) == 4 and all(_is_int(v) for v in padding):
+        pads = tuple(int(v) for v in padding)
+    else:
+        raise TypeError(f"padding must be an int, a pair, a 4-tuple or one of {PADDING_STRINGS}, got {padding!r}")
+    if min(pads) < 0:
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return pads  # type: ignore[return-value]
+
+
+def output_size(n: int, f: int, pad_before: int, pad_after: int, s: int) -> int:
+    """floor((n + pads - f) / s) + 1; <= 0 means the window does not fit."""
+    return (n + pad_before + pad_after - f) // s + 1
+
+
+def conv_output_size(n: int, f: int, padding=0, stride: int = 1) -> int:
+    """Output length of a convolution or pooling: floor((n + 2p - f) / s) + 1.
+
+    ``padding`` may be an int, a ``(before, after)`` pair, or 'valid'/'same'/'full'.
+    """
+    if not (_is_int(n) and _is_int(f) and _is_int(stride)):
+        raise TypeError(f"n, f and stride must be ints, got n={n!r}, f={f!r}, stride={stride!r}")
+    if n <= 0 or f <= 0:
+        raise ValueError(f"n and f must be positive, got n={n}, f={f}")
+    if stride <= 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if isinstance(padding, str):
+        p = padding.lower()
+        if p == "same":
+            return math.ceil(n / stride)
+        if p == "valid":
+            before = after = 0
+        elif p == "full":
+            before = after = f - 1
+        else:
+            raise ValueError(f"unknown padding {padding!r}: use an int or one of {PADDING_STRINGS}")
+    elif _is_int(padding):
+        before = after = int(padding)
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(v) for v in padding):
+        before, after = int(padding[0]), int(padding[1])
+    else:
+        raise TypeError(f"padding must be an int, a (before, after) pair or a string, got {padding!r}")
+    if before < 0 or after < 0:
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    out = output_size(n, f, before, after, stride)
+    if out <= 0:
+        raise ValueError(f"kernel size {f} is larger than the padded input size {n + before + after}")
+    return out

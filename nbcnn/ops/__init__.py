@@ -1,0 +1,183 @@
+"""The ops API: convolution, padding and pooling with their backward passes.
+
+Layout NCHW; convolution is cross-correlation. Output dtype = dtype of ``x``
+(float32 or float64); weights and bias of another float dtype are cast to it.
+Inputs are validated here, once, so the kernels can assume clean,
+C-contiguous arrays. NumPy arrays run the Numba CPU kernels, CuPy arrays the
+Numba CUDA kernels; under the CUDA simulator, NumPy arrays inside
+``using_device("cuda")`` run the CUDA kernels.
+
+Padding forms: int ``p``; ``(ph, pw)``; ``(top, bottom, left, right)``;
+``"valid"``; ``"same"`` (output ceil(n/s), extra row/column at the
+bottom/right, also for stride > 1); ``"full"`` (f - 1 per side).
+"""
+from __future__ import annotations
+
+from ..kernels.geometry import as_pair, as_stride, conv_output_size, resolve_padding
+from ._dispatch import backend_for, check_float, check_ndim, contiguous
+
+__all__ = [
+    "conv_output_size", "conv2d", "conv2d_backward", "pad2d", "pad2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "conv2d_output_shape", "pool2d_output_shape",
+]
+
+
+def _conv_setup(x, w, stride, padding, name_x="x"):
+    x = check_ndim(check_float(x, name_x), 4, name_x, "(N, C, H, W)")
+    w = check_ndim(check_float(w, "w"), 4, "w", "(K, C, kh, kw)")
+    if w.dtype != x.dtype:
+        w = w.astype(x.dtype)
+    N, C, H, W = x.shape
+    K, Cw, kh, kw = w.shape
+    if min(w.shape) <= 0 or min(x.shape) <= 0:
+        raise ValueError(f"empty array: x has shape {x.shape}, w has shape {w.shape}")
+    if Cw != C:
+        raise ValueError(f"channel mismatch: x has C={C} (shape {x.shape}) but w expects C={Cw} (shape {w.shape})")
+    sh, sw = as_stride(stride)
+    pads = resolve_padding(padding, (kh, kw), (sh, sw), (H, W))
+    pt, pb, pl, pr = pads
+    if kh > H + pt + pb or kw > W + pl + pr:
+        raise ValueError(
+            f"kernel {kh}x{kw} (w shape {w.shape}) is larger than the padded input "
+            f"{H + pt + pb}x{W + pl + pr} (x shape {x.shape}, padding {padding!r})")
+    Ho = (H + pt + pb - kh) // sh + 1
+    Wo = (W + pl + pr - kw) // sw + 1
+    return x, w, (sh, sw), pads, (N, K, Ho, Wo)
+
+
+def conv2d_output_shape(x_shape, w_shape, stride=1, padding=0) -> tuple:
+    """Output shape of :func:`conv2d` for these shapes (no data needed)."""
+    N, C, H, W = x_shape
+    K, _, kh, kw = w_shape
+    sh, sw = as_stride(stride)
+    pt, pb, pl, pr = resolve_padding(padding, (kh, kw), (sh, sw), (H, W))
+    return (N, K, (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, *, ctx=None):
+    """Cross-correlation: ``y[n,k] = sum_c x[n,c] * w[k,c] + b[k]``.
+
+    x ``(N, C, H, W)``, w ``(K, C, kh, kw)``, b ``(K,)`` or None. ``ctx`` (a dict
+    owned by the caller) lets :func:`conv2d_backward` reuse forward work.
+    """
+    x, w, stride, pads, oshape = _conv_setup(x, w, stride, padding)
+    if b is not None:
+        b = check_ndim(check_float(b, "b"), 1, "b", "(K,)")
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"bias b has shape {b.shape} but w has K={w.shape[0]} filters (shape {w.shape})")
+        if b.dtype != x.dtype:
+            b = b.astype(x.dtype)
+    be = backend_for(x, w, b)
+    return be.conv2d_forward(contiguous(x), contiguous(w), None if b is None else contiguous(b),
+                             stride, pads, ctx)
+
+
+def conv2d_backward(gy, x, w, stride=1, padding=0, *, need_gx=True, ctx=None):
+    """Gradients ``(gx, gw, gb)`` of :func:`conv2d` given the output gradient ``gy``.
+
+    ``need_gx=False`` skips the input gradient (first layer) and returns None for it.
+    """
+    x, w, stride, pads, oshape = _conv_setup(x, w, stride, padding)
+    gy = check_ndim(check_float(gy, "gy"), 4, "gy", "(N, K, Ho, Wo)")
+    if tuple(gy.shape) != oshape:
+        raise ValueError(f"gy has shape {tuple(gy.shape)} but the convolution output has shape {oshape}")
+    if gy.dtype != x.dtype:
+        gy = gy.astype(x.dtype)
+    be = backend_for(gy, x, w)
+    return be.conv2d_backward(contiguous(gy), contiguous(x), contiguous(w), stride, pads, need_gx, ctx)
+
+
+def _pad_setup(shape, padding, kernel_size, stride):
+    if isinstance(padding, str) and padding.lower() in ("same", "full") and kernel_size is None:
+        raise ValueError(f"padding={padding!r} needs kernel_size= (the filter size it pads for)")
+    k = as_pair(kernel_size, "kernel_size") if kernel_size is not None else (1, 1)
+    return resolve_padding(padding, k, as_stride(stride), shape[2:])
+
+
+def pad2d(x, padding, kernel_size=None, stride=1):
+    """Zero-pad H and W. ``'same'``/``'full'`` need ``kernel_size`` (and ``stride`` for 'same')."""
+    x = check_ndim(check_float(x, "x"), 4, "x", "(N, C, H, W)")
+    pads = _pad_setup(x.shape, padding, kernel_size, stride)
+    return backend_for(x).pad2d(contiguous(x), pads)
+
+
+def pad2d_backward(gy, padding, kernel_size=None, stride=1, input_shape=None):
+    """Gradient of :func:`pad2d`: crop the padding off ``gy``.
+
+    For ``'same'`` with stride > 1 the padding depends on the unpadded size: pass ``input_shape``.
+    """
+    gy = check_ndim(check_float(gy, "gy"), 4, "gy", "(N, C, Hp, Wp)")
+    if isinstance(padding, str) and padding.lower() == "same" and as_stride(stride) != (1, 1):
+        if input_shape is None:
+            raise ValueError("pad2d_backward with padding='same' and stride > 1 needs input_shape=")
+        shape = tuple(input_shape)
+    else:
+        shape = gy.shape
+    pads = _pad_setup(shape, padding, kernel_size, stride)
+    pt, pb, pl, pr = pads
+    if gy.shape[2] <= pt + pb or gy.shape[3] <= pl + pr:
+        raise ValueError(f"gy of shape {tuple(gy.shape)} is not larger than the padding {pads}")
+    return backend_for(gy).pad2d_backward(contiguous(gy), pads)
+
+
+def _pool_setup(x, size, stride, padding, name="x"):
+    x = check_ndim(check_float(x, name), 4, name, "(N, C, H, W)")
+    kh, kw = as_pair(size, "size")
+    if kh <= 0 or kw <= 0:
+        raise ValueError(f"pool size must be positive, got {size!r}")
+    sh, sw = as_stride((kh, kw) if stride is None else stride)
+    if isinstance(padding, str):
+        raise TypeError(f"pooling padding must be an int or a pair, got {padding!r}")
+    ph, pw = as_pair(padding, "padding")
+    if ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"pooling padding must be between 0 and size // 2 = ({kh // 2}, {kw // 2}), got {padding!r}")
+    N, C, H, W = x.shape
+    if kh > H + 2 * ph or kw > W + 2 * pw:
+        raise ValueError(f"pool window {kh}x{kw} is larger than the padded input {H + 2 * ph}x{W + 2 * pw} "
+                         f"(x shape {tuple(x.shape)})")
+    pads = (ph, ph, pw, pw)
+    oshape = (N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
+    return x, (kh, kw), (sh, sw), pads, oshape
+
+
+def pool2d_output_shape(x_shape, size=2, stride=None, padding=0) -> tuple:
+    """Output shape of the pooling ops (floor mode)."""
+    N, C, H, W = x_shape
+    kh, kw = as_pair(size, "size")
+    sh, sw = as_stride((kh, kw) if stride is None else stride)
+    ph, pw = as_pair(padding, "padding")
+    return (N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
+
+
+def _pool_grad_check(gy, oshape, x):
+    gy = check_ndim(check_float(gy, "gy"), 4, "gy", "(N, C, Ho, Wo)")
+    if tuple(gy.shape) != oshape:
+        raise ValueError(f"gy has shape {tuple(gy.shape)} but the pooling output has shape {oshape}")
+    return gy.astype(x.dtype) if gy.dtype != x.dtype else gy
+
+
+def max_pool2d(x, size=2, stride=None, padding=0, *, ctx=None):
+    """Max pooling; stride defaults to size; padded cells never win."""
+    x, size, stride, pads, _ = _pool_setup(x, size, stride, padding)
+    return backend_for(x).max_pool2d_forward(contiguous(x), size, stride, pads, ctx)
+
+
+def max_pool2d_backward(gy, x, size=2, stride=None, padding=0, *, ctx=None):
+    """Gradient of :func:`max_pool2d`: each window's gradient goes to its (first) maximum."""
+    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
+    gy = _pool_grad_check(gy, oshape, x)
+    return backend_for(gy, x).max_pool2d_backward(contiguous(gy), contiguous(x), size, stride, pads, ctx)
+
+
+def avg_pool2d(x, size=2, stride=None, padding=0):
+    """Average pooling; padded zeros count in the divisor (PyTorch's default)."""
+    x, size, stride, pads, _ = _pool_setup(x, size, stride, padding)
+    return backend_for(x).avg_pool2d_forward(contiguous(x), size, stride, pads)
+
+
+def avg_pool2d_backward(gy, x, size=2, stride=None, padding=0):
+    """Gradient of :func:`avg_pool2d` (``x`` is used for its shape only)."""
+    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
+    gy = _pool_grad_check(gy, oshape, x)
+    return backend_for(gy, x).avg_pool2d_backward(contiguous(gy), tuple(x.shape), size, stride, pads)
