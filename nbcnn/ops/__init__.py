@@ -14,7 +14,7 @@ bottom/right, also for stride > 1); ``"full"`` (f - 1 per side).
 from __future__ import annotations
 
 from ..kernels.geometry import as_pair, as_stride, conv_output_size, resolve_padding
-from ._dispatch import backend_for, check_float, check_ndim, contiguous
+from ._dispatch import array_module, backend_for, check_float, check_ndim, contiguous
 
 __all__ = [
     "conv_output_size", "conv2d", "conv2d_backward", "pad2d", "pad2d_backward",
@@ -30,8 +30,8 @@ def _conv_setup(x, w, stride, padding, name_x="x"):
         w = w.astype(x.dtype)
     N, C, H, W = x.shape
     K, Cw, kh, kw = w.shape
-    if min(w.shape) <= 0 or min(x.shape) <= 0:
-        raise ValueError(f"empty array: x has shape {x.shape}, w has shape {w.shape}")
+    if min(w.shape) <= 0 or min(x.shape[1:]) <= 0:
+        raise ValueError(f"empty array: x has shape {tuple(x.shape)}, w has shape {tuple(w.shape)}")
     if Cw != C:
         raise ValueError(f"channel mismatch: x has C={C} (shape {x.shape}) but w expects C={Cw} (shape {w.shape})")
     sh, sw = as_stride(stride)
@@ -69,6 +69,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, *, ctx=None):
         if b.dtype != x.dtype:
             b = b.astype(x.dtype)
     be = backend_for(x, w, b)
+    if oshape[0] == 0:  # an empty batch: nothing to compute (kernels need not handle it)
+        return array_module(x).zeros(oshape, dtype=x.dtype)
     return be.conv2d_forward(contiguous(x), contiguous(w), None if b is None else contiguous(b),
                              stride, pads, ctx)
 
@@ -85,6 +87,10 @@ def conv2d_backward(gy, x, w, stride=1, padding=0, *, need_gx=True, ctx=None):
     if gy.dtype != x.dtype:
         gy = gy.astype(x.dtype)
     be = backend_for(gy, x, w)
+    if oshape[0] == 0:
+        xp = array_module(x)
+        return (xp.zeros(x.shape, x.dtype) if need_gx else None, xp.zeros(w.shape, x.dtype),
+                xp.zeros(w.shape[0], x.dtype))
     return be.conv2d_backward(contiguous(gy), contiguous(x), contiguous(w), stride, pads, need_gx, ctx)
 
 
@@ -127,9 +133,7 @@ def _pool_setup(x, size, stride, padding, name="x"):
     if kh <= 0 or kw <= 0:
         raise ValueError(f"pool size must be positive, got {size!r}")
     sh, sw = as_stride((kh, kw) if stride is None else stride)
-    if isinstance(padding, str):
-        raise TypeError(f"pooling padding must be an int or a pair, got {padding!r}")
-    ph, pw = as_pair(padding, "padding")
+    ph, pw = _pool_padding(padding)
     if ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"pooling padding must be between 0 and size // 2 = ({kh // 2}, {kw // 2}), got {padding!r}")
     N, C, H, W = x.shape
@@ -141,12 +145,21 @@ def _pool_setup(x, size, stride, padding, name="x"):
     return x, (kh, kw), (sh, sw), pads, oshape
 
 
+def _pool_padding(padding) -> tuple[int, int]:
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return 0, 0
+        raise ValueError(f"pooling padding must be between 0 and size // 2 (an int, a pair or 'valid'), "
+                         f"got {padding!r}")
+    return as_pair(padding, "padding")
+
+
 def pool2d_output_shape(x_shape, size=2, stride=None, padding=0) -> tuple:
     """Output shape of the pooling ops (floor mode)."""
     N, C, H, W = x_shape
     kh, kw = as_pair(size, "size")
     sh, sw = as_stride((kh, kw) if stride is None else stride)
-    ph, pw = as_pair(padding, "padding")
+    ph, pw = _pool_padding(padding)
     return (N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
 
 
@@ -159,25 +172,37 @@ def _pool_grad_check(gy, oshape, x):
 
 def max_pool2d(x, size=2, stride=None, padding=0, *, ctx=None):
     """Max pooling; stride defaults to size; padded cells never win."""
-    x, size, stride, pads, _ = _pool_setup(x, size, stride, padding)
-    return backend_for(x).max_pool2d_forward(contiguous(x), size, stride, pads, ctx)
+    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
+    be = backend_for(x)
+    if x.size == 0:
+        return array_module(x).zeros(oshape, dtype=x.dtype)
+    return be.max_pool2d_forward(contiguous(x), size, stride, pads, ctx)
 
 
 def max_pool2d_backward(gy, x, size=2, stride=None, padding=0, *, ctx=None):
     """Gradient of :func:`max_pool2d`: each window's gradient goes to its (first) maximum."""
     x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
     gy = _pool_grad_check(gy, oshape, x)
-    return backend_for(gy, x).max_pool2d_backward(contiguous(gy), contiguous(x), size, stride, pads, ctx)
+    be = backend_for(gy, x)
+    if x.size == 0:
+        return array_module(x).zeros(x.shape, dtype=x.dtype)
+    return be.max_pool2d_backward(contiguous(gy), contiguous(x), size, stride, pads, ctx)
 
 
 def avg_pool2d(x, size=2, stride=None, padding=0):
     """Average pooling; padded zeros count in the divisor (PyTorch's default)."""
-    x, size, stride, pads, _ = _pool_setup(x, size, stride, padding)
-    return backend_for(x).avg_pool2d_forward(contiguous(x), size, stride, pads)
+    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
+    be = backend_for(x)
+    if x.size == 0:
+        return array_module(x).zeros(oshape, dtype=x.dtype)
+    return be.avg_pool2d_forward(contiguous(x), size, stride, pads)
 
 
 def avg_pool2d_backward(gy, x, size=2, stride=None, padding=0):
     """Gradient of :func:`avg_pool2d` (``x`` is used for its shape only)."""
     x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
     gy = _pool_grad_check(gy, oshape, x)
-    return backend_for(gy, x).avg_pool2d_backward(contiguous(gy), tuple(x.shape), size, stride, pads)
+    be = backend_for(gy, x)
+    if x.size == 0:
+        return array_module(x).zeros(x.shape, dtype=x.dtype)
+    return be.avg_pool2d_backward(contiguous(gy), tuple(x.shape), size, stride, pads)

@@ -25,6 +25,15 @@ def check_ndim(a, ndim: int, name: str, layout: str):
     return a
 
 
+def array_module(a):
+    """numpy or cupy, whichever ``a`` belongs to."""
+    if is_gpu_array(a):
+        import cupy
+
+        return cupy
+    return np
+
+
 def contiguous(a):
     if a.flags.c_contiguous:
         return a

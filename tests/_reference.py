@@ -1,0 +1,109 @@
+"""Plain NumPy float64 loop references for the ops (slow, obviously correct).
+
+They share nothing with the kernels: padding by ``np.pad``, one explicit loop
+over output positions, windows sliced by hand.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv2d(x, w, b, stride, pads):
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    sh, sw = stride
+    pt, pb, pl, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    N, C, Hp, Wp = xp.shape
+    K, _, kh, kw = w.shape
+    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+    y = np.zeros((N, K, Ho, Wo))
+    for oh in range(Ho):
+        for ow in range(Wo):
+            win = xp[:, :, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw]
+            y[:, :, oh, ow] = np.tensordot(win, w, axes=([1, 2, 3], [1, 2, 3]))
+    if b is not None:
+        y += np.asarray(b, np.float64)[None, :, None, None]
+    return y
+
+
+def conv2d_backward(gy, x, w, stride, pads):
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    gy = np.asarray(gy, np.float64)
+    sh, sw = stride
+    pt, pb, pl, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    K, _, kh, kw = w.shape
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(w)
+    Ho, Wo = gy.shape[2:]
+    for oh in range(Ho):
+        for ow in range(Wo):
+            hs, ws = slice(oh * sh, oh * sh + kh), slice(ow * sw, ow * sw + kw)
+            g = gy[:, :, oh, ow]                                # (N, K)
+            gxp[:, :, hs, ws] += np.tensordot(g, w, axes=(1, 0))
+            gw += np.tensordot(g, xp[:, :, hs, ws], axes=(0, 0))
+    H, W = x.shape[2:]
+    gx = gxp[:, :, pt:pt + H, pl:pl + W]
+    return gx, gw, gy.sum(axis=(0, 2, 3))
+
+
+def _windows(shape, size, stride, pad):
+    N, C, H, W = shape
+    kh, kw = size
+    sh, sw = stride
+    ph, pw = pad
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    for oh in range(Ho):
+        for ow in range(Wo):
+            h0, w0 = oh * sh - ph, ow * sw - pw
+            yield oh, ow, [(h, v) for h in range(h0, h0 + kh) for v in range(w0, w0 + kw)
+                           if 0 <= h < H and 0 <= v < W]
+    return Ho, Wo
+
+
+def _out(shape, size, stride, pad):
+    N, C, H, W = shape
+    return (N, C, (H + 2 * pad[0] - size[0]) // stride[0] + 1, (W + 2 * pad[1] - size[1]) // stride[1] + 1)
+
+
+def max_pool2d(x, size, stride, pad):
+    """Max over the in-bounds cells of each window (padded cells never win)."""
+    x = np.asarray(x, np.float64)
+    y = np.zeros(_out(x.shape, size, stride, pad))
+    for oh, ow, cells in _windows(x.shape, size, stride, pad):
+        vals = np.stack([x[:, :, h, v] for h, v in cells], axis=-1)
+        y[:, :, oh, ow] = vals.max(axis=-1)
+    return y
+
+
+def max_pool2d_backward(gy, x, size, stride, pad):
+    """Each window's gradient to the first maximum in row-major scan order."""
+    x = np.asarray(x, np.float64)
+    gx = np.zeros_like(x)
+    N, C = x.shape[:2]
+    for oh, ow, cells in _windows(x.shape, size, stride, pad):
+        for n in range(N):
+            for c in range(C):
+                vals = [x[n, c, h, v] for h, v in cells]
+                h, v = cells[int(np.argmax(vals))]
+                gx[n, c, h, v] += gy[n, c, oh, ow]
+    return gx
+
+
+def avg_pool2d(x, size, stride, pad):
+    """Sum of the in-bounds cells / (kh*kw): padded zeros count in the divisor."""
+    x = np.asarray(x, np.float64)
+    y = np.zeros(_out(x.shape, size, stride, pad))
+    for oh, ow, cells in _windows(x.shape, size, stride, pad):
+        y[:, :, oh, ow] = sum(x[:, :, h, v] for h, v in cells) / (size[0] * size[1])
+    return y
+
+
+def avg_pool2d_backward(gy, x_shape, size, stride, pad):
+    gx = np.zeros(x_shape)
+    for oh, ow, cells in _windows(x_shape, size, stride, pad):
+        for h, v in cells:
+            gx[:, :, h, v] += gy[:, :, oh, ow] / (size[0] * size[1])
+    return gx

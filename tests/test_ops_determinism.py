@@ -1,0 +1,54 @@
+"""Parallel == serial, bitwise, and run to run: no races, no order-dependent reductions."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from nbcnn import ops
+
+CASES = [
+    # (N, C, H, W, K, k, stride, padding): im2col, direct, strided, 1x1
+    (4, 8, 12, 12, 6, 3, 1, 1),
+    (8, 1, 14, 14, 4, 5, 1, 2),
+    (3, 2, 11, 11, 5, 3, 1, 0),
+    (4, 4, 13, 13, 6, 3, 2, 1),
+    (4, 6, 9, 9, 5, 1, 1, 0),
+]
+
+
+def _run_all(case, dtype):
+    N, C, H, W, K, k, s, p = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, k, k)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    ctx = {}
+    y = ops.conv2d(x, w, b, s, p, ctx=ctx)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = ops.conv2d_backward(gy, x, w, s, p, ctx=ctx)
+    pctx = {}
+    m = ops.max_pool2d(x, 2, ctx=pctx)
+    gm = ops.max_pool2d_backward(np.ones_like(m), x, 2, ctx=pctx)
+    a = ops.avg_pool2d(x, 3, 2, 1)
+    ga = ops.avg_pool2d_backward(np.ones_like(a), x, 3, 2, 1)
+    return [y, gx, gw, gb, m, gm, a, ga]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_equals_serial_and_run_to_run(case, dtype):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        par1 = _run_all(case, dtype)
+        par2 = _run_all(case, dtype)
+        numba.set_num_threads(1)
+        ser = _run_all(case, dtype)
+    finally:
+        numba.set_num_threads(before)
+    for a, b, c in zip(par1, par2, ser):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
