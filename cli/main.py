@@ -1,26 +1,49 @@
-"""``nbcnn``: the Click entry point. Each command lives in its own module of this package."""
+"""``nbcnn``: the Click entry point. Each command lives in its own module of this package.
+
+Every subcommand runs under :class:`cli.common.Group`, so a user error ends
+with one ``Error: ...`` line and exit code 1 (``--verbose`` shows the
+traceback), whichever module the command comes from.
+"""
 from __future__ import annotations
 
 import click
 
 import nbcnn
 
+from . import common
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=common.Group, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=common.examples(
+                 "nbcnn train                      # LeNet-5 on MNIST",
+                 "nbcnn train --dataset fashion-mnist --epochs 5 --out fashion.nbcnn",
+                 "nbcnn evaluate lenet5.nbcnn",
+                 "nbcnn predict lenet5.nbcnn digit.png --top-k 3",
+                 "nbcnn summary vgg16",
+                 "nbcnn bench --op conv --shapes lenet",
+                 "nbcnn info"))
 @click.version_option(nbcnn.__version__, prog_name="nbcnn")
+@common.verbose_option
 def cli():
-    """nbcnn: train small convolutional networks without PyTorch."""
+    """nbcnn: train small convolutional networks without PyTorch.
+
+    Run `nbcnn COMMAND --help` for a command's options and examples.
+    """
 
 
-@cli.command()
-def info():
-    """Versions, threads, BLAS and GPU status."""
-    import numba
-    import numpy
+def _register() -> None:
+    from .bench import bench
+    from .evaluate import evaluate
+    from .info import info
+    from .predict import predict
+    from .summary import summary
+    from .train import train
 
-    ok, why = nbcnn.gpu_status()
-    click.echo(f"nbcnn {nbcnn.__version__}  numpy {numpy.__version__}  numba {numba.__version__}")
-    click.echo(f"GPU usable: {ok} ({why})")
+    for command in (train, evaluate, predict, summary, bench, info):
+        cli.add_command(command)
+
+
+_register()
 
 
 def main(argv=None):

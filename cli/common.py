@@ -1,0 +1,298 @@
+"""Shared CLI plumbing: one-line errors, quiet output when piped, colours on a terminal, progress bars.
+
+Why here and not in each command: every command must behave the same way for
+users (``Error: ...`` and exit 1 for a user error, the traceback only with
+``--verbose``, no progress bars or ANSI codes in logs), so the policy lives in
+one place and the commands only raise.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+# Exit codes: click uses 2 for usage errors; 130 is the shell's code for Ctrl-C.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix (bad file, bad value): one line, exit code 1, no traceback."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file=None):
+        error(self.format_message())
+
+
+# Exceptions that mean "the input or the environment is wrong", not "nbcnn has a bug".
+def _user_error_types():
+    types = [FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+             ValueError, TypeError, KeyError, IndexError, OSError, ImportError, MemoryError]
+    try:
+        from nbcnn.device import DeviceError
+        types.append(DeviceError)
+    except Exception:  # pragma: no cover - nbcnn itself is broken
+        pass
+    return tuple(types)
+
+
+# ------------------------------------------------------------------ output
+
+def stdout_is_tty() -> bool:
+    return _isatty(sys.stdout)
+
+
+def stderr_is_tty() -> bool:
+    return _isatty(sys.stderr)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def use_color(stream=None) -> bool:
+    """Colours only on a terminal, and never with ``NO_COLOR`` set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return _isatty(stream if stream is not None else sys.stdout)
+
+
+def style(text: str, stream=None, **kw) -> str:
+    return click.style(text, **kw) if use_color(stream) else text
+
+
+def echo(text: str = "", **kw) -> None:
+    click.echo(text, color=use_color(sys.stdout), **kw)
+
+
+def notice(text: str) -> None:
+    """A visible one-line notice on stderr (kept out of piped stdout)."""
+    click.echo(style(text, sys.stderr, fg="yellow"), err=True, color=use_color(sys.stderr))
+
+
+def error(text: str) -> None:
+    click.echo(style("Error: ", sys.stderr, fg="red", bold=True) + _one_line(text), err=True,
+               color=use_color(sys.stderr))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def write_json(path, obj) -> Path:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+# ------------------------------------------------------------------ errors
+
+def verbose_requested(ctx: click.Context | None = None) -> bool:
+    if os.environ.get("NBCNN_VERBOSE", "").strip() not in ("", "0"):
+        return True
+    ctx = ctx or click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.meta.get("nbcnn.verbose") or (ctx.params or {}).get("verbose"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def _set_verbose(ctx, _param, value):
+    if value:
+        ctx.meta["nbcnn.verbose"] = True
+    return value
+
+
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
+    help="Show the full traceback when something fails.")
+
+
+def handle_errors(func):
+    """Decorator form of :func:`guarded` for commands used outside the ``nbcnn`` group."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return guarded(func, *args, **kwargs)
+
+    return wrapper
+
+
+def guarded(func, *args, **kwargs):
+    """Run ``func`` turning exceptions into one-line messages and exit codes.
+
+    User errors (missing files, bad values, shapes, an unusable GPU) print
+    ``Error: <message>`` and exit 1; anything else is reported as an internal
+    error, also on one line, with a hint to rerun with ``--verbose``.
+    ``Ctrl-C`` exits 130 after the command's own clean-up ran.
+    """
+    try:
+        return func(*args, **kwargs)
+    except (click.exceptions.Exit, click.Abort, click.ClickException):
+        raise
+    except KeyboardInterrupt:
+        if verbose_requested():
+            traceback.print_exc()
+        error("interrupted")
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except _user_error_types() as exc:
+        if verbose_requested():
+            traceback.print_exc()
+        error(_describe(exc))
+        raise click.exceptions.Exit(EXIT_ERROR) from None
+    except Exception as exc:  # a bug: still one line, but say so
+        if verbose_requested():
+            traceback.print_exc()
+        error(f"internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --verbose for the traceback and please report it)")
+        raise click.exceptions.Exit(EXIT_ERROR) from None
+
+
+class Group(click.Group):
+    """The ``nbcnn`` group: every subcommand runs under :func:`guarded`, whoever wrote it."""
+
+    def invoke(self, ctx):
+        return guarded(super().invoke, ctx)
+
+
+def _describe(exc: BaseException) -> str:
+    msg = str(exc)
+    if isinstance(exc, KeyError) and exc.args:
+        msg = str(exc.args[0])
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        msg = f"{exc.strerror}: {exc.filename}"
+    if not msg:
+        msg = type(exc).__name__
+    return msg
+
+
+# ------------------------------------------------------------------ help text
+
+def examples(*lines: str) -> str:
+    """An 'Examples' block for a command's ``--help`` (``\\b`` keeps click from rewrapping it)."""
+    body = "\n".join(f"  {line}" for line in lines)
+    return f"\b\nExamples:\n{body}"
+
+
+# ------------------------------------------------------------------ progress
+
+class ProgressBar:
+    """A one-line progress bar on stderr, drawn only on a terminal.
+
+    ``click.progressbar`` cannot show changing metrics next to the bar, and
+    when stderr is piped we want nothing at all (the per-epoch line is the
+    log), so this is a small bar of our own, redrawn at most ~10 times a second.
+    """
+
+    def __init__(self, total: int, label: str = "", unit: str = "img", enabled: bool | None = None,
+                 stream=None, width: int = 24):
+        self.total = max(int(total), 0)
+        self.label = label
+        self.unit = unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _isatty(self.stream) if enabled is None else bool(enabled)
+        self.width = width
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last_draw = 0.0
+        self._metrics: dict[str, float] = {}
+        self._drawn = False
+
+    def update(self, n: int, **metrics) -> None:
+        self.done = min(self.done + int(n), self.total) if self.total else self.done + int(n)
+        self._metrics.update({k: v for k, v in metrics.items() if v is not None})
+        now = time.perf_counter()
+        if self.enabled and (now - self._last_draw >= 0.1 or self.done >= self.total):
+            self._last_draw = now
+            self._draw(now)
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def _draw(self, now: float) -> None:
+        elapsed = now - self.start
+        frac = self.done / self.total if self.total else 0.0
+        fill = int(round(frac * self.width))
+        bar = "#" * fill + "-" * (self.width - fill)
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        parts = [f"{self.label} [{bar}] {self.done}/{self.total}"]
+        parts += [f"{k} {_fmt_metric(v)}" for k, v in self._metrics.items()]
+        parts.append(f"{_fmt_rate(rate)} {self.unit}/s")
+        parts.append(f"ETA {format_seconds(eta)}")
+        line = "  ".join(parts)
+        self.stream.write("\r" + line + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """Erase the bar so the caller's summary line replaces it."""
+        if self.enabled and self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _fmt_metric(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _fmt_rate(rate: float) -> str:
+    if rate >= 10_000:
+        return f"{rate / 1000:.1f}k"
+    return f"{rate:.0f}"
+
+
+def format_seconds(s: float) -> str:
+    if s != s or s == float("inf"):  # NaN / inf: not known yet
+        return "--:--"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"

@@ -1,0 +1,319 @@
+"""Loading what the commands work on: model files, zoo models, data sets and input images.
+
+Each loader turns the library's exceptions into :class:`cli.common.UserError`
+messages that name the file and say what to do, and keeps the conventions the
+commands share (how pixels become model inputs, class names) in one place, so
+``train`` writes exactly what ``evaluate`` and ``predict`` read back.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .common import UserError, notice
+
+DATASETS = ("mnist", "fashion-mnist")
+
+CLASS_NAMES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+}
+
+# How uint8 pixels become model inputs. Stored in every model file the CLI
+# writes (metadata["preprocess"]) so predict/evaluate apply the same scaling.
+DEFAULT_PREPROCESS = {"scale": 1.0 / 255.0, "mean": 0.0, "std": 1.0}
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+# ------------------------------------------------------------------ models
+
+def zoo_names() -> list[str]:
+    """Model names the zoo can build (its public functions returning a Sequential)."""
+    from nbcnn import zoo
+
+    names = getattr(zoo, "MODELS", None) or getattr(zoo, "__all__", None)
+    if names is None:
+        names = [n for n in dir(zoo) if not n.startswith("_") and callable(getattr(zoo, n))]
+    if isinstance(names, dict):
+        names = list(names)
+    return [n for n in names if callable(getattr(zoo, n, None))]
+
+
+def normalise_zoo_name(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def build_zoo_model(name: str, **kwargs):
+    """Build ``nbcnn.zoo.<name>(**kwargs)``; only the keyword arguments it accepts are passed."""
+    import inspect
+
+    from nbcnn import zoo
+
+    key = normalise_zoo_name(name)
+    names = zoo_names()
+    if key not in names:
+        raise UserError(f"unknown model {name!r}: choose one of {', '.join(names)}")
+    fn = getattr(zoo, key)
+    try:
+        params = inspect.signature(fn).parameters
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in kwargs.items()
+                  if v is not None and (accepts_any or k in params)}
+    except (TypeError, ValueError):
+        pass
+    return fn(**kwargs)
+
+
+def load_model_file(path):
+    """``nbcnn.load_model(path)`` with one-line errors that name the file."""
+    import nbcnn
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"model file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"expected a model file, got a folder: {p}")
+    try:
+        return nbcnn.load_model(p)
+    except UserError:
+        raise
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        msg = " ".join(str(exc).split())
+        if str(p) not in msg and p.name not in msg:
+            msg = f"{p}: {msg}"
+        raise UserError(f"cannot load model {msg}") from exc
+
+
+def model_metadata(model) -> dict:
+    """The ``metadata=`` dict a model was saved with (empty for a fresh or foreign model)."""
+    for attr in ("metadata", "meta"):
+        meta = getattr(model, attr, None)
+        if isinstance(meta, dict):
+            return meta
+    return {}
+
+
+def model_input_shape(model) -> tuple[int, ...] | None:
+    """The per-sample input shape ``(C, H, W)`` the model was built for, if it knows it."""
+    for attr in ("input_shape",):
+        shape = getattr(model, attr, None)
+        if shape:
+            shape = tuple(int(s) for s in shape if s is not None)
+            return shape[-3:] if len(shape) > 3 else shape
+    layers = getattr(model, "layers", None) or []
+    if layers:
+        shape = getattr(layers[0], "input_shape", None)
+        if shape:
+            return tuple(int(s) for s in shape if s is not None)
+    return None
+
+
+def model_num_classes(model) -> int | None:
+    shape = getattr(model, "output_shape", None)
+    if shape:
+        return int(shape[-1])
+    layers = getattr(model, "layers", None) or []
+    for layer in reversed(layers):
+        units = getattr(layer, "units", None)
+        if units:
+            return int(units)
+        shape = getattr(layer, "output_shape", None)
+        if shape and not callable(shape):
+            return int(tuple(shape)[-1])
+    return None
+
+
+def class_names_for(model, num_classes: int | None = None, dataset: str | None = None) -> list[str]:
+    meta = model_metadata(model)
+    names = meta.get("class_names")
+    if not names:
+        ds = dataset or meta.get("dataset")
+        names = CLASS_NAMES.get(ds)
+    if num_classes is None:
+        num_classes = model_num_classes(model) or (len(names) if names else 10)
+    if not names or len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    return list(names)
+
+
+def preprocess_of(model) -> dict:
+    pre = model_metadata(model).get("preprocess")
+    return dict(pre) if isinstance(pre, dict) else dict(DEFAULT_PREPROCESS)
+
+
+def to_inputs(pixels: np.ndarray, preprocess: dict, dtype=np.float32) -> np.ndarray:
+    """uint8 pixels -> model inputs, the same way ``nbcnn train`` prepared its data."""
+    x = pixels.astype(dtype) * dtype(preprocess.get("scale", 1.0 / 255.0))
+    mean, std = float(preprocess.get("mean", 0.0)), float(preprocess.get("std", 1.0))
+    if mean != 0.0:
+        x -= dtype(mean)
+    if std != 1.0:
+        x /= dtype(std)
+    return x
+
+
+# ------------------------------------------------------------------ data sets
+
+def load_dataset(name: str, data_dir=None):
+    """``(x_train, y_train), (x_test, y_test), info`` for a named data set.
+
+    ``info`` says where the data came from; when the library fell back to the
+    bundled MNIST sample, the notice it gave (a warning or a flag) is shown on
+    stderr, once.
+    """
+    from nbcnn import datasets
+
+    key = name.strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise UserError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    loader = datasets.load_mnist if key == "mnist" else datasets.load_fashion_mnist
+    if data_dir is not None:
+        d = Path(data_dir)
+        if not d.exists():
+            raise UserError(f"data folder not found: {d}")
+        if not d.is_dir():
+            raise UserError(f"--data-dir must be a folder, got a file: {d}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            (x_train, y_train), (x_test, y_test) = loader(path=data_dir) if data_dir is not None else loader()
+        except FileNotFoundError as exc:
+            raise UserError(f"{key}: {exc}") from exc
+        except (ValueError, OSError) as exc:
+            raise UserError(f"cannot read {key}: {' '.join(str(exc).split())}") from exc
+    messages = []
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text not in messages:
+            messages.append(text)
+            notice(f"Notice: {text}")
+    sample = _is_bundled_sample(datasets, x_train, messages)
+    info = {"dataset": key, "train_size": int(len(x_train)), "test_size": int(len(x_test)),
+            "bundled_sample": sample}
+    if data_dir is not None:
+        info["data_dir"] = str(data_dir)
+    return (x_train, y_train), (x_test, y_test), info
+
+
+def _is_bundled_sample(datasets, x_train, messages) -> bool:
+    for attr in ("last_source", "LAST_SOURCE"):
+        src = getattr(datasets, attr, None)
+        if callable(src):
+            src = src()
+        if src is not None:
+            return "sample" in str(src).lower() or "bundled" in str(src).lower()
+    return any("sample" in m.lower() or "bundled" in m.lower() for m in messages)
+
+
+def as_nchw_uint8(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[:, None]
+    return x
+
+
+# ------------------------------------------------------------------ predict inputs
+
+def read_inputs(paths, input_shape, invert: str = "auto"):
+    """Read images / ``.npy`` files into ``(names, pixels_or_inputs, is_pixels)`` chunks.
+
+    Returns a list of ``(name, array, is_uint8_pixels)`` with ``array`` of shape
+    ``(N, C, H, W)``. Images are converted to the model's channel count and
+    resized to its height and width; ``.npy`` files must already match.
+    """
+    if input_shape is None or len(input_shape) != 3:
+        raise UserError(f"cannot tell the model's input shape (got {input_shape}); "
+                        "predict needs a model whose first layer knows its input_shape")
+    c, h, w = input_shape
+    chunks = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise UserError(f"input file not found: {p}")
+        if p.is_dir():
+            raise UserError(f"expected an image or .npy file, got a folder: {p}")
+        suffix = p.suffix.lower()
+        if suffix == ".npy":
+            chunks.extend(_read_npy(p, c, h, w))
+        elif suffix in IMAGE_SUFFIXES:
+            chunks.append((str(p), _read_image(p, c, h, w, invert)[None], True))
+        else:
+            raise UserError(f"unsupported input {p}: use an image ({', '.join(IMAGE_SUFFIXES[:3])}, ...) "
+                            "or a .npy array")
+    return chunks
+
+
+def _read_image(p: Path, c: int, h: int, w: int, invert: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if c == 1:
+                im = im.convert("L")
+            elif c == 3:
+                im = im.convert("RGB")
+            else:
+                raise UserError(f"the model takes {c}-channel inputs; images can feed 1- or 3-channel "
+                                "models only (pass a .npy array instead)")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise UserError(f"cannot read image {p}: not a valid image file") from exc
+    except OSError as exc:
+        raise UserError(f"cannot read image {p}: {' '.join(str(exc).split())}") from exc
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if invert == "yes" or (invert == "auto" and c == 1 and _light_background(arr[0])):
+        if invert == "auto":
+            notice(f"Notice: {p.name} has a light background; inverted it to light-on-dark like "
+                   "the training data (use --invert no to keep it)")
+        arr = 255 - arr
+    return np.ascontiguousarray(arr)
+
+
+def _light_background(plane: np.ndarray) -> bool:
+    """MNIST-style data is light strokes on a dark background; photos and scans are the opposite."""
+    border = np.concatenate([plane[0], plane[-1], plane[:, 0], plane[:, -1]])
+    return float(border.mean()) > 127.5
+
+
+def _read_npy(p: Path, c: int, h: int, w: int):
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(f"cannot read {p}: {' '.join(str(exc).split())}") from exc
+    except OSError as exc:
+        raise UserError(f"cannot read {p}: not a valid .npy file ({exc})") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "uif":
+        raise UserError(f"{p}: expected a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}")
+    want = (c, h, w)
+    shape = arr.shape
+    if shape == want:
+        arr = arr[None]
+    elif c == 1 and shape == (h, w):
+        arr = arr[None, None]
+    elif arr.ndim == 4 and shape[1:] == want:
+        pass
+    elif c == 1 and arr.ndim == 3 and shape[1:] == (h, w):
+        arr = arr[:, None]
+    else:
+        raise UserError(f"{p} has shape {shape} but the model expects {want} per sample "
+                        f"(or a batch (N, {c}, {h}, {w}))")
+    is_pixels = arr.dtype.kind in "ui"  # integers are pixels 0..255, floats are model inputs
+    if is_pixels:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise UserError(f"{p}: integer arrays are read as 0..255 pixels, but values range "
+                            f"{arr.min()}..{arr.max()} (save float inputs instead)")
+        arr = arr.astype(np.uint8)
+    else:
+        if not np.all(np.isfinite(arr)):
+            raise UserError(f"{p} contains NaN or infinite values")
+        arr = arr.astype(np.float32, copy=False)
+    if arr.shape[0] == 1:
+        return [(str(p), arr, is_pixels)]
+    return [(f"{p}[{i}]", arr[i:i + 1], is_pixels) for i in range(arr.shape[0])]

@@ -1,0 +1,79 @@
+"""``nbcnn predict``: classify images or arrays with a saved model."""
+from __future__ import annotations
+
+import json
+
+import click
+import numpy as np
+
+from . import common, loading
+
+
+@click.command(epilog=common.examples(
+    "nbcnn predict lenet5-mnist.nbcnn digit.png",
+    "nbcnn predict lenet5-mnist.nbcnn a.png b.jpg --top-k 3",
+    "nbcnn predict fashion.nbcnn batch.npy --json > predictions.json",
+    "nbcnn predict lenet5-mnist.nbcnn scan.png --invert no"))
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many classes to show per input.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--invert", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="Invert grey images: 'auto' inverts dark-on-light images to match MNIST-style data.")
+@click.option("--device", default="cpu", show_default=True, metavar="auto|cpu|cuda",
+              help="Where to run the model.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@common.verbose_option
+def predict(model_path, inputs, top_k, as_json, invert, device, batch_size):
+    """Top-k classes with probabilities for each INPUT.
+
+    INPUT is an image (PNG, JPEG, ...; converted to the model's channels and
+    resized to its input size) or a .npy array of one sample (C,H,W or H,W)
+    or a batch (N,C,H,W). Integer arrays are read as 0-255 pixels and scaled
+    like the training data; float arrays are used as model inputs unchanged.
+    """
+    model = loading.load_model_file(model_path)
+    _move(model, device)
+    shape = loading.model_input_shape(model)
+    chunks = loading.read_inputs(inputs, shape, invert=invert)
+    pre = loading.preprocess_of(model)
+    x = np.concatenate([loading.to_inputs(a, pre) if is_px else a.astype(np.float32)
+                        for _, a, is_px in chunks])
+    names = [n for n, _, _ in chunks]
+    probs = np.asarray(_to_numpy(model.predict(x, batch_size=batch_size)), dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != len(names):
+        raise RuntimeError(f"model.predict returned shape {probs.shape} for {len(names)} inputs")
+    labels = loading.class_names_for(model, probs.shape[1])
+    k = min(top_k, probs.shape[1])
+    results = []
+    for name, p in zip(names, probs):
+        order = np.argsort(-p, kind="stable")[:k]
+        results.append({"input": name,
+                        "top": [{"class": int(i), "label": labels[i], "probability": float(p[i])}
+                                for i in order]})
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    width = max(len(r["input"]) for r in results)
+    for r in results:
+        best, *rest = r["top"]
+        head = common.style(f"{best['label']} ({best['probability']:.1%})", bold=True)
+        tail = "   ".join(f"{t['label']} ({t['probability']:.1%})" for t in rest)
+        common.echo(f"{r['input']:<{width}}  {head}" + (f"   {tail}" if tail else ""))
+
+
+def _move(model, device):
+    """Put the model on ``device`` (a user error if it is not usable)."""
+    import nbcnn
+
+    dev = nbcnn.device.parse_device(device)
+    to = getattr(model, "to", None)
+    if callable(to):
+        to(dev)
+
+
+def _to_numpy(a):
+    import nbcnn
+
+    return nbcnn.to_numpy(a)
