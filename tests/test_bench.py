@@ -1,0 +1,92 @@
+"""Smoke tests of the benchmark harness (nbcnn.bench): tiny shapes, one round, no PyTorch."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from nbcnn import bench
+
+TINY = bench.ConvShape("tiny", 2, 2, 6, 6, 3, 3, 1, 1)
+
+
+def test_conv_shapes_are_the_issue_shapes():
+    s = bench.CONV_SHAPES
+    assert (s["lenet_conv1"].N, s["lenet_conv1"].C, s["lenet_conv1"].k, s["lenet_conv1"].p) == (64, 1, 5, 2)
+    assert s["lenet_conv1"].out_hw == (28, 28)
+    assert s["lenet_conv2"].out_hw == (10, 10)
+    assert s["alexnet_conv1"].out_hw == (55, 55)  # (227 - 11) / 4 + 1
+    assert s["strided"].out_hw == (16, 16)
+    # 2 * N * K * C * k * k * Ho * Wo, worked by hand for LeNet conv1: 2*64*6*1*25*28*28
+    assert s["lenet_conv1"].flops_fwd == 15_052_800
+
+
+def test_select_shapes_groups_names_and_errors():
+    assert [s.name for s in bench.select_shapes("lenet")] == ["lenet_conv1", "lenet_conv2"]
+    assert len(bench.select_shapes("all")) == 6
+    assert [s.name for s in bench.select_shapes(["alexnet", "alexnet_conv1", TINY])] == ["alexnet_conv1", "tiny"]
+    with pytest.raises(ValueError, match="unknown shape group or shape 'resnet'"):
+        bench.select_shapes("resnet")
+
+
+def test_interleave_ranks_a_slower_callable():
+    res = bench.interleave({"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.001)},
+                           rounds=3, round_s=0.01, max_reps=3)
+    assert res["stats"]["slow"]["rounds"] == 3
+    assert len(res["stats"]["fast"]["round_min_s"]) == 3
+    assert res["stats"]["slow"]["min_s"] >= 0.004
+    assert res["ratios"]["slow/fast"] > 1.2
+
+
+def test_run_ops_tiny_without_torch():
+    rep = bench.run_ops("all", [TINY], compare=None, rounds=1, round_s=0.0, pool_shape=(2, 2, 4, 4))
+    assert rep["kind"] == "ops"
+    cases = [(r["op"], r["shape"], r["mode"]) for r in rep["results"]]
+    assert cases == [("conv", "tiny", "fwd"), ("conv", "tiny", "fwd+bwd"),
+                     ("max_pool", "pool", "fwd"), ("max_pool", "pool", "fwd+bwd"),
+                     ("avg_pool", "pool", "fwd"), ("avg_pool", "pool", "fwd+bwd")]
+    conv = rep["results"][1]
+    assert conv["flops"] == 3 * TINY.flops_fwd and conv["nbcnn_ms"] > 0 and conv["torch_ms"] is None
+    json.dumps(rep)  # the report is JSON-able as it is
+    text = bench.format_table(rep)
+    assert "tiny" in text and "torch" not in text
+    md = bench.format_table(rep, markdown=True)
+    assert md.splitlines()[1].startswith("|---")
+
+
+def test_targets_and_status_marks():
+    assert bench._target_for("conv", "fwd+bwd", "lenet_conv2") == {"issue2": 1.0, "issue7": 0.5}
+    assert bench._target_for("conv", "fwd+bwd", "vgg") == {"issue2": 1.5, "issue7": 1.0}
+    assert bench._target_for("conv", "fwd", "vgg") == {}
+    assert bench._met(0.4, bench._target_for("max_pool", "fwd", None)) == "#2 met, #7 missed"
+    assert bench._met(1.6, {"issue7": 1.5}, "ge") == "#7 met"
+
+
+def test_bad_arguments_are_clear(monkeypatch):
+    with pytest.raises(ValueError, match="op must be conv, pool or all"):
+        bench.run_ops("gemm", compare=None)
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        bench.run_ops("pool", device="tpu", compare=None)
+    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    with pytest.raises(bench.BenchError, match="needs PyTorch"):
+        bench.run_ops("pool", compare="torch")
+    assert bench._resolve_compare("auto") is None
+
+
+def test_child_scripts_compile_and_run_child_plumbing(tmp_path):
+    for name in ("_STARTUP_OPS", "_STARTUP_TRAIN", "_MEMORY", "_THREADS"):
+        compile(getattr(bench, name), name, "exec")
+    env = bench._child_env(2, OPENBLAS_THREAD_TIMEOUT=None)
+    out = bench._run_child("import json, os, sys; print(json.dumps({'n': os.environ['NUMBA_NUM_THREADS'], "
+                           "'a': sys.argv[1:]}))", env, timeout=60, args=("x", 3))
+    assert out["ok"] and out["n"] == "2" and out["a"] == ["x", "3"]
+    bad = bench._run_child("raise SystemExit('boom')", env, timeout=60)
+    assert not bad["ok"] and "boom" in bad["error"]
+
+
+def test_write_json_is_atomic_and_readable(tmp_path):
+    p = tmp_path / "sub" / "r.json"
+    bench._write_json(str(p), {"a": 1})
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert [f.name for f in p.parent.iterdir()] == ["r.json"]
