@@ -223,14 +223,14 @@ class ProgressBar:
     """
 
     def __init__(self, total: int, label: str = "", unit: str = "img", enabled: bool | None = None,
-                 stream=None, width: int = 24):
+                 stream=None, width: int = 24, initial: int = 0):
         self.total = max(int(total), 0)
         self.label = label
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = _isatty(self.stream) if enabled is None else bool(enabled)
         self.width = width
-        self.done = 0
+        self.done = self._initial = int(initial)
         self.start = time.perf_counter()
         self._last_draw = 0.0
         self._metrics: dict[str, float] = {}
@@ -245,15 +245,16 @@ class ProgressBar:
             self._draw(now)
 
     def rate(self) -> float:
+        """Items per second in this session (a resumed bar starts at ``initial``)."""
         elapsed = time.perf_counter() - self.start
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self._initial) / elapsed if elapsed > 0 else 0.0
 
     def _draw(self, now: float) -> None:
         elapsed = now - self.start
         frac = self.done / self.total if self.total else 0.0
         fill = int(round(frac * self.width))
         bar = "#" * fill + "-" * (self.width - fill)
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self._initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         parts = [f"{self.label} [{bar}] {self.done}/{self.total}"]
         parts += [f"{k} {_fmt_metric(v)}" for k, v in self._metrics.items()]

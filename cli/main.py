@@ -13,7 +13,7 @@ import nbcnn
 from . import common
 
 
-@click.group(cls=common.Group, context_settings={"help_option_names": ["-h", "--help"]},
+@click.group(name="nbcnn", cls=common.Group, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=common.examples(
                  "nbcnn train                      # LeNet-5 on MNIST",
                  "nbcnn train --dataset fashion-mnist --epochs 5 --out fashion.nbcnn",
