@@ -1,0 +1,379 @@
+"""Transfer learning: new head, frozen layers, and features cached on disk.
+
+The recipe (course notes): take a network trained on many classes, replace
+its last classification layer by one for k classes, freeze the other layers
+and train only the new head. Computational trick: the frozen layers compute
+the same features every epoch, so compute them ONCE, keep them on disk, and
+train the head on the cached features. With more data, freeze fewer layers
+(:func:`train_last`); the cache then holds the output of the frozen prefix.
+
+Cache files (:class:`FeatureCache`) are ``.npy`` arrays opened memory-mapped,
+named by layer and data, with a JSON sidecar holding the key: a SHA-256 over
+the frozen layers' configs and weights, the layer and the data. A sidecar
+whose key differs means the cache is **stale** (the base model changed); a
+missing, truncated or altered array (checksum) means **corrupt**; both are
+rebuilt. Both files are written atomically (temp file + ``os.replace``), the
+sidecar last, so a crash never leaves a half-written entry that looks valid.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "layer_index", "extract_features", "replace_head", "freeze", "unfreeze", "train_last",
+    "frozen_prefix", "FeatureCache", "fit_head", "as_model_input", "weights_digest", "data_digest",
+]
+
+
+# ---------------------------------------------------------------- layers
+
+def _layers(model):
+    layers = getattr(model, "layers", model)
+    try:
+        return list(layers)
+    except TypeError:
+        raise TypeError(f"expected a model with .layers or a list of layers, got {type(model).__name__}") from None
+
+
+def layer_index(model, layer) -> int:
+    """Index of ``layer`` (an index, negative allowed, a name, or the layer object) in the model."""
+    layers = _layers(model)
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        i = int(layer)
+        if not -len(layers) <= i < len(layers):
+            raise ValueError(f"layer index {i} out of range: the model has {len(layers)} layers")
+        return i % len(layers)
+    if isinstance(layer, str):
+        s = layer.strip()
+        if s.lstrip("-").isdigit():
+            return layer_index(model, int(s))
+        for i, l in enumerate(layers):
+            if getattr(l, "name", None) == s:
+                return i
+        names = ", ".join(str(getattr(l, "name", "?")) for l in layers)
+        raise ValueError(f"no layer named {layer!r}; layers: {names}")
+    for i, l in enumerate(layers):
+        if l is layer:
+            return i
+    raise TypeError(f"layer must be an index, a name or a layer of the model, got {layer!r}")
+
+
+def _has_params(layer) -> bool:
+    return bool(getattr(layer, "param_names", ())) or bool(getattr(layer, "params", []))
+
+
+def freeze(model, upto=None):
+    """Make layers ``0..upto`` (inclusive; all when None) non-trainable. Returns the index."""
+    layers = _layers(model)
+    last = len(layers) - 1 if upto is None else layer_index(model, upto)
+    for l in layers[:last + 1]:
+        l.trainable = False
+    return last
+
+
+def unfreeze(model, upto=None):
+    """Make layers ``0..upto`` (inclusive; all when None) trainable again. Returns the index."""
+    layers = _layers(model)
+    last = len(layers) - 1 if upto is None else layer_index(model, upto)
+    for l in layers[:last + 1]:
+        l.trainable = True
+    return last
+
+
+def train_last(model, n=1):
+    """Train only the last ``n`` layers that have weights; freeze all the others.
+
+    Returns the index of the first layer that stays trainable.
+    """
+    layers = _layers(model)
+    weighted = [i for i, l in enumerate(layers) if _has_params(l)]
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"train_last needs n >= 1, got {n}")
+    if n > len(weighted):
+        raise ValueError(f"train_last({n}): the model has only {len(weighted)} layers with weights")
+    first = weighted[-n]
+    for i, l in enumerate(layers):
+        l.trainable = i >= first
+    return first
+
+
+def frozen_prefix(model) -> int:
+    """Number of leading layers that can be precomputed: all layers before the first
+    one that has trainable weights. Their output is what :class:`FeatureCache` stores."""
+    for i, l in enumerate(_layers(model)):
+        if _has_params(l) and l.trainable:
+            return i
+    return len(_layers(model))
+
+
+def replace_head(model, num_classes, *, seed=None, name=None):
+    """A model whose last weighted layer (the classifier) is a fresh ``Dense(num_classes)``
+    with the same activation; every other layer object is shared with ``model``.
+
+    Returns a new Sequential (so no stale optimiser state or parameter buffer of
+    the old model is reused); compile it before training.
+    """
+    from . import layers as L
+
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    layers = _layers(model)
+    idx = [i for i, l in enumerate(layers) if _has_params(l)]
+    if not idx or not isinstance(layers[idx[-1]], L.Dense):
+        raise ValueError("replace_head needs a model whose last layer with weights is Dense")
+    i = idx[-1]
+    old = layers[i]
+    taken = {l.name for l in layers}
+    new_name = name or next(n for n in (f"{old.name}_new", *(f"{old.name}_new{k}" for k in range(2, 99)))
+                            if n not in taken)
+    head = L.Dense(num_classes, activation=old.activation, use_bias=old.use_bias, name=new_name)
+    in_shape = old.input_shape
+    if in_shape is None and getattr(old, "_param_shapes", None):
+        in_shape = (old._param_shapes[0][0],)
+    if in_shape is None:
+        raise ValueError("replace_head: the model is not built yet (its input shape is unknown)")
+    dtype = old.params[0].dtype if old.params else np.float32
+    from .random import default_rng
+    head.build(tuple(in_shape), dtype=dtype, rng=default_rng(seed))
+    new_layers = layers[:i] + [head] + layers[i + 1:]
+    from .models import Sequential
+    kw = {}
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        kw["device"] = dev
+    try:
+        return Sequential(new_layers, **kw)
+    except TypeError:
+        return Sequential(new_layers)
+
+
+# ---------------------------------------------------------------- features
+
+def as_model_input(x, dtype=np.float32):
+    """uint8 images -> float in [0, 1] (the scaling nbcnn's datasets and loaders use)."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.astype(dtype) * dtype(1.0 / 255.0) if dtype is np.float32 else x.astype(dtype) / 255.0
+    if x.dtype.kind != "f":
+        raise TypeError(f"x must be uint8 images or floats, got {x.dtype}")
+    return x
+
+
+def _model_dtype(layers):
+    for l in layers:
+        if getattr(l, "params", None):
+            return np.dtype(l.params[0].dtype).type
+    return np.float32
+
+
+def _forward(layers, xb):
+    for l in layers:
+        xb = l.forward(xb, training=False)
+    return xb
+
+
+def _iter_features(layers, x, batch_size):
+    from .device import to_numpy
+    dtype = _model_dtype(layers)
+    for s in range(0, x.shape[0], batch_size):
+        xb = np.ascontiguousarray(as_model_input(x[s:s + batch_size], dtype))
+        yield s, np.asarray(to_numpy(_forward(layers, xb)))
+
+
+def extract_features(model, x, layer=-1, *, batch_size=256, progress=None):
+    """Activations of ``layer`` (index, name; inclusive) for all of ``x``, in inference
+    mode (dropout off), computed in batches. uint8 images are scaled to [0, 1].
+
+    ``progress(n)`` is called with the number of images done after each batch.
+    """
+    layers = _layers(model)
+    upto = layer_index(model, layer)
+    x = np.asarray(x)
+    if x.shape[0] == 0:
+        raise ValueError("x is empty")
+    out = None
+    for s, f in _iter_features(layers[:upto + 1], x, int(batch_size)):
+        if out is None:
+            out = np.empty((x.shape[0], *f.shape[1:]), dtype=f.dtype)
+        out[s:s + f.shape[0]] = f
+        if progress is not None:
+            progress(f.shape[0])
+    return out
+
+
+def _h_update_array(h, a):
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    flat = a.reshape(-1).view(np.uint8) if a.size else np.empty(0, np.uint8)
+    step = 1 << 24
+    for s in range(0, flat.size, step):
+        h.update(memoryview(flat[s:s + step]))
+
+
+def weights_digest(model, upto) -> str:
+    """SHA-256 of the configs and weights of layers ``0..upto``: what the features depend on."""
+    h = hashlib.sha256()
+    for l in _layers(model)[:layer_index(model, upto) + 1]:
+        cfg = l.get_config() if hasattr(l, "get_config") else {}
+        cfg = {k: v for k, v in cfg.items() if k not in ("name", "trainable")}
+        h.update(type(l).__name__.encode())
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+        for w in (l.get_weights() if _has_params(l) else []):
+            _h_update_array(h, w)
+    return h.hexdigest()
+
+
+def data_digest(x) -> str:
+    h = hashlib.sha256()
+    _h_update_array(h, np.asarray(x))
+    return h.hexdigest()
+
+
+def _atomic_bytes(path: Path, data: bytes):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(p):
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+class FeatureCache:
+    """Features of a model's layer for a data set, memory-mapped from ``directory``.
+
+    ``get(model, x, layer)`` returns a read-only memmap and sets ``status`` to
+    ``"hit"``, ``"miss"``, ``"stale"`` or ``"corrupt"`` (the last three rebuild).
+    """
+
+    FORMAT = 1
+
+    def __init__(self, directory, *, verify=True):
+        self.dir = Path(directory).expanduser()
+        self.verify = bool(verify)
+        self.status = None
+        self.last_path = None
+
+    def _paths(self, layer_name, ddigest):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(layer_name))
+        stem = f"{safe}-{ddigest[:20]}"
+        return self.dir / f"{stem}.npy", self.dir / f"{stem}.json"
+
+    def get(self, model, x, layer=-1, *, batch_size=256, progress=None):
+        layers = _layers(model)
+        upto = layer_index(model, layer)
+        x = np.asarray(x)
+        ddig = data_digest(x)
+        wdig = weights_digest(model, upto)
+        lname = getattr(layers[upto], "name", None) or f"layer{upto}"
+        key = hashlib.sha256(f"{self.FORMAT}|{wdig}|{upto}|{lname}|{ddig}".encode()).hexdigest()
+        npy, meta = self._paths(lname, ddig)
+        self.last_path = npy
+        status = self._check(npy, meta, key)
+        if status == "hit":
+            self.status = "hit"
+            return np.load(npy, mmap_mode="r")
+        self.status = status
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._build(layers[:upto + 1], x, npy, meta, key, batch_size, progress,
+                    {"weights": wdig, "data": ddig, "layer": lname, "index": upto})
+        return np.load(npy, mmap_mode="r")
+
+    def _check(self, npy: Path, meta: Path, key: str) -> str:
+        if not meta.exists():
+            return "miss"
+        try:
+            info = json.loads(meta.read_text())
+            if not isinstance(info, dict) or info.get("format") != self.FORMAT:
+                return "corrupt"
+        except (OSError, ValueError):
+            return "corrupt"
+        if info.get("key") != key:
+            return "stale"
+        try:
+            arr = np.load(npy, mmap_mode="r")
+        except (OSError, ValueError, EOFError):
+            return "corrupt"
+        if list(arr.shape) != info.get("shape") or arr.dtype.str != info.get("dtype"):
+            return "corrupt"
+        if self.verify:
+            h = hashlib.sha256()
+            _h_update_array(h, arr)
+            if h.hexdigest() != info.get("sha256"):
+                return "corrupt"
+        return "hit"
+
+    def _build(self, layers, x, npy, meta, key, batch_size, progress, fields):
+        _unlink(meta)  # the old entry is invalid from now on, whatever happens next
+        t0 = time.perf_counter()
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{npy.name}.", suffix=".tmp.npy")
+        os.close(fd)
+        try:
+            mm = None
+            for s, f in _iter_features(layers, x, int(batch_size)):
+                if mm is None:
+                    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=f.dtype,
+                                                   shape=(x.shape[0], *f.shape[1:]))
+                mm[s:s + f.shape[0]] = f
+                if progress is not None:
+                    progress(f.shape[0])
+            mm.flush()
+            h = hashlib.sha256()
+            _h_update_array(h, mm)
+            shape, dtype = list(mm.shape), mm.dtype.str
+            del mm
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, npy)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        info = {"format": self.FORMAT, "key": key, "shape": shape, "dtype": dtype, "sha256": h.hexdigest(),
+                "seconds": round(time.perf_counter() - t0, 3), **fields}
+        _atomic_bytes(meta, json.dumps(info, indent=1).encode())
+
+
+# ---------------------------------------------------------------- training on features
+
+def fit_head(model, features, y, *, start=None, validation_data=None, epochs=10, batch_size=32,
+             optimizer="adam", lr=None, loss="cross_entropy", verbose=0, callbacks=None, seed=None):
+    """Train layers ``start:`` of ``model`` on precomputed ``features`` (the output of layer
+    ``start - 1``). The head's layer objects are the model's, so ``model`` is updated in
+    place. ``start`` defaults to :func:`frozen_prefix`. Returns the fit History."""
+    from .models import Sequential
+    layers = _layers(model)
+    start = frozen_prefix(model) if start is None else int(start)
+    if not 0 < start < len(layers):
+        raise ValueError(f"head start {start} must be between 1 and {len(layers) - 1} "
+                         f"(nothing to train or nothing frozen)")
+    feats = np.asarray(features)
+    head = Sequential(layers[start:])
+    opt = optimizer
+    if lr is not None:
+        from . import optim
+        opt = {"sgd": optim.SGD, "adam": optim.Adam}[str(optimizer).lower()](lr=lr)
+    head.compile(loss=loss, optimizer=opt, metrics=["accuracy"])
+    if seed is not None:
+        from .random import seed as _seed
+        _seed(seed)
+    return head.fit(feats, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                    callbacks=callbacks, verbose=verbose)
