@@ -227,7 +227,11 @@ class AugmentedBatches:
         if int(workers) < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.batch_size = int(batch_size)
-        self.pipeline = pipeline if pipeline is not None else Pipeline()
+        if pipeline is None:
+            pipeline = Pipeline()
+        elif not isinstance(pipeline, Pipeline):
+            pipeline = Pipeline([pipeline])  # any picklable callable (x, rng) -> x
+        self.pipeline = pipeline
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
         self.workers = int(workers)
         self.shuffle = bool(shuffle)
