@@ -1,0 +1,705 @@
+"""Layers: Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout and activations.
+
+Layout NCHW. Shapes given to and reported by layers are per sample
+(``input_shape=(1, 28, 28)``); ``output_shape`` is Keras-style with ``None``
+for the batch axis. A layer knows its parameter shapes as soon as its input
+shape is known (``configure``), but allocates weights only when first needed
+(``build``): counting or summarising VGG-16 costs nothing.
+
+Every layer computes on whatever device its arrays live on: convolution and
+pooling go through :mod:`nbcnn.ops` (CPU or CUDA kernels), matrix products
+through ``xp.matmul`` (NumPy/BLAS or CuPy), and element-wise work through
+the Numba CPU kernels for float32 NumPy arrays (fused bias + activation, fast
+tanh) or plain ``xp`` expressions otherwise (float64, CuPy).
+
+``backward(gy)`` returns the input gradient and writes parameter gradients
+into ``layer.grads`` (which a model points into one flat buffer, so the
+optimiser updates everything in one pass). ``trainable`` is a plain
+attribute read by the model at every step.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from . import initializers, ops
+from .device import is_gpu_array
+from .kernels.cpu import activations as _ak
+from .kernels.geometry import as_pair, as_stride, resolve_padding
+
+__all__ = [
+    "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dense", "Dropout", "Activation",
+    "ReLU", "Tanh", "Sigmoid", "Softmax", "get", "deserialize", "ACTIVATIONS",
+]
+
+ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
+
+
+def _xp(a):
+    if is_gpu_array(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _fast(a) -> bool:
+    """Use the Numba element-wise kernels: float32 NumPy arrays, C-contiguous."""
+    return type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous
+
+
+def _check_activation(activation):
+    if activation is None:
+        return "linear"
+    if not isinstance(activation, str) or activation.lower() not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
+    return activation.lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# element-wise helpers: Numba kernels for float32 NumPy arrays, xp expressions otherwise
+# ----------------------------------------------------------------------------------------------
+
+def act_forward_inplace(y, act: str):
+    """``y = act(y)`` in place (``y`` is a fresh array owned by the caller). Not for softmax."""
+    if act == "linear":
+        return y
+    if _fast(y):
+        flat = y.reshape(-1)
+        _ak.act_forward(flat, flat, _ak.CODES[act])
+        return y
+    xp = _xp(y)
+    if act == "relu":
+        xp.maximum(y, 0, out=y)
+    elif act == "tanh":
+        xp.tanh(y, out=y)
+    elif act == "sigmoid":
+        xp.negative(y, out=y)
+        xp.exp(y, out=y)
+        y += 1
+        xp.reciprocal(y, out=y)
+    return y
+
+
+def act_backward(gy, y, act: str, out=None):
+    """``gy * act'(x)`` from the forward output ``y`` (into ``out`` when given)."""
+    if act == "linear":
+        return gy
+    if _fast(y) and _fast(gy):
+        if out is None:
+            out = np.empty_like(y)
+        _ak.act_backward(gy.reshape(-1), y.reshape(-1), out.reshape(-1), _ak.CODES[act])
+        return out
+    xp = _xp(y)
+    if act == "relu":
+        r = gy * (y > 0)
+    elif act == "tanh":
+        r = gy * (1 - y * y)
+    else:
+        r = gy * y * (1 - y)
+    if out is not None:
+        out[...] = r
+        return out
+    return r
+
+
+def softmax(z):
+    """Row-wise softmax over axis 1, numerically stable."""
+    xp = _xp(z)
+    e = z - z.max(axis=1, keepdims=True)
+    xp.exp(e, out=e)
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def _snake(name: str) -> str:
+    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    return s.lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# base class
+# ----------------------------------------------------------------------------------------------
+
+class Layer:
+    """Base class. Subclasses set ``param_names`` and implement the shape and compute hooks."""
+
+    param_names: tuple = ()
+    base_name: str | None = None
+
+    def __init__(self, name: str | None = None, trainable: bool = True, input_shape=None):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"layer name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.trainable = bool(trainable)
+        self._input_shape = None if input_shape is None else self._check_shape(input_shape)
+        self.input_shape = None      # per-sample shape, set by configure()
+        self._out = None             # per-sample output shape
+        self.params: list = []       # arrays (after build)
+        self.grads: list = []
+        self._param_shapes: list = []
+        self.need_gx = True          # a model sets False on the first layer it back-propagates to
+        self._cache = None
+
+    # -- shapes ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_shape(shape) -> tuple:
+        try:
+            shape = tuple(int(s) for s in shape)
+        except TypeError:
+            raise TypeError(f"input_shape must be a tuple of ints (per sample, e.g. (1, 28, 28)), "
+                            f"got {shape!r}") from None
+        if not shape or min(shape) <= 0:
+            raise ValueError(f"input_shape must be non-empty with positive sizes, got {shape!r}")
+        return shape
+
+    def configure(self, input_shape) -> tuple:
+        """Set the per-sample input shape, compute the output and parameter shapes (no allocation)."""
+        input_shape = self._check_shape(input_shape)
+        if self.params and self.input_shape is not None and input_shape != self.input_shape:
+            raise ValueError(f"layer {self.name!r} was built for input shape {self.input_shape}, got {input_shape}")
+        out, pshapes = self._shapes(input_shape)
+        self.input_shape = input_shape
+        self._out = tuple(out)
+        self._param_shapes = [tuple(s) for s in pshapes]
+        return self._out
+
+    def _shapes(self, input_shape):  # -> (output_shape, [param shapes])
+        return input_shape, []
+
+    @property
+    def output_shape(self):
+        """Keras-style ``(None, ...)``; None before the input shape is known."""
+        return None if self._out is None else (None, *self._out)
+
+    @property
+    def built(self) -> bool:
+        return len(self.params) == len(self.param_names) and (self.params or not self.param_names) \
+            and self._out is not None
+
+    def count_params(self) -> int:
+        if self._out is None:
+            if self._input_shape is not None:
+                self.configure(self._input_shape)
+            elif self.param_names:
+                raise ValueError(f"layer {self.name!r}: input shape unknown, cannot count parameters")
+        return sum(int(np.prod(s)) for s in self._param_shapes)
+
+    # -- weights --------------------------------------------------------------------------
+    def build(self, input_shape=None, dtype=np.float32, rng=None, xp=np):
+        """Allocate and initialise the weights (once)."""
+        if input_shape is None:
+            input_shape = self.input_shape or self._input_shape
+            if input_shape is None:
+                raise ValueError(f"layer {self.name!r}: input shape unknown; pass input_shape=")
+        self.configure(input_shape)
+        if self.params:
+            return
+        if rng is None:
+            from .random import default_rng
+
+            rng = default_rng()
+        arrays = self._init_params(np.dtype(dtype), rng)
+        self.params = [a if xp is np else xp.asarray(a) for a in arrays]
+        self.grads = [xp.zeros_like(p) for p in self.params]
+
+    def _init_params(self, dtype, rng) -> list:
+        return []
+
+    def get_weights(self) -> list:
+        """Copies of the weights as NumPy arrays (Keras order: kernel, bias)."""
+        if self.param_names and not self.params:
+            self.build()
+        from .device import to_numpy
+
+        return [np.array(to_numpy(p), copy=True) for p in self.params]
+
+    def set_weights(self, weights) -> None:
+        """Copy ``weights`` (a list of arrays, same shapes as ``get_weights()``) into the layer."""
+        weights = list(weights)
+        if self.param_names and not self.params:
+            self.build()
+        if len(weights) != len(self.params):
+            raise ValueError(f"layer {self.name!r} has {len(self.params)} weight arrays, got {len(weights)}")
+        for i, (p, w) in enumerate(zip(self.params, weights)):
+            w_shape = tuple(np.shape(w))
+            if w_shape != tuple(p.shape):
+                raise ValueError(f"layer {self.name!r}: weight {i} ({self.param_names[i]}) has shape "
+                                 f"{tuple(p.shape)}, got {w_shape}")
+            src = np.asarray(w) if not is_gpu_array(w) else w
+            if not is_gpu_array(src) and not np.all(np.isfinite(src)):
+                raise ValueError(f"layer {self.name!r}: weight {i} contains NaN or inf")
+            if is_gpu_array(p) and not is_gpu_array(src):
+                import cupy
+
+                src = cupy.asarray(src)
+            p[...] = src
+
+    # -- compute --------------------------------------------------------------------------
+    def __call__(self, x, training: bool = False):
+        return self.forward(x, training=training)
+
+    def forward(self, x, training: bool = False):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, gy):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _ensure_built(self, x):
+        if self.param_names and not self.params:
+            xp = _xp(x)
+            self.build(tuple(x.shape[1:]), dtype=x.dtype, xp=xp)
+        elif self._out is None:
+            self.configure(tuple(x.shape[1:]))
+
+    # -- config ---------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        cfg = {"name": self.name, "trainable": self.trainable}
+        if self._input_shape is not None:
+            cfg["input_shape"] = list(self._input_shape)
+        return cfg
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r} output_shape={self.output_shape}>"
+
+
+# ----------------------------------------------------------------------------------------------
+# convolution and pooling
+# ----------------------------------------------------------------------------------------------
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation) with optional fused activation.
+
+    ``padding``: ``"valid"``, ``"same"``, an int, a pair or ``(top, bottom, left, right)``;
+    the resolved form is ``self.pads`` once the input shape is known.
+    Weights: kernel ``(filters, C, kh, kw)``, bias ``(filters,)``.
+    """
+
+    param_names = ("kernel", "bias")
+    base_name = "conv2d"
+
+    def __init__(self, filters: int, kernel_size, stride=1, padding="valid", activation=None,
+                 use_bias: bool = True, input_shape=None, kernel_initializer="he_normal",
+                 bias_initializer="zeros", name=None, trainable=True, strides=None):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters <= 0:
+            raise ValueError(f"filters must be a positive int, got {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = as_pair(kernel_size, "kernel_size")
+        if min(self.kernel_size) <= 0:
+            raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
+        self.strides = as_stride(stride if strides is None else strides)
+        if isinstance(padding, str) and padding.lower() not in ("valid", "same", "full"):
+            raise ValueError(f"padding must be 'valid', 'same', 'full' or ints, got {padding!r}")
+        resolve_padding(padding, self.kernel_size, (1, 1), self.kernel_size)  # validates the form
+        self.padding = padding.lower() if isinstance(padding, str) else padding
+        self.activation = _check_activation(activation)
+        if self.activation == "softmax":
+            raise ValueError("Conv2D does not take activation='softmax'; add a Softmax layer after Flatten/Dense")
+        self.use_bias = bool(use_bias)
+        if not self.use_bias:
+            self.param_names = ("kernel",)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.pads = None
+        self._ctx: dict = {}
+        self._gbuf = None
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"Conv2D {self.name!r} expects per-sample input (C, H, W), got shape {input_shape}")
+        C, H, W = input_shape
+        kh, kw = self.kernel_size
+        self.pads = resolve_padding(self.padding, self.kernel_size, self.strides, (H, W))
+        pt, pb, pl, pr = self.pads
+        Ho = (H + pt + pb - kh) // self.strides[0] + 1
+        Wo = (W + pl + pr - kw) // self.strides[1] + 1
+        if Ho <= 0 or Wo <= 0:
+            raise ValueError(f"Conv2D {self.name!r}: kernel {kh}x{kw} does not fit the input {input_shape} "
+                             f"with padding {self.pads}")
+        shapes = [(self.filters, C, kh, kw)]
+        if self.use_bias:
+            shapes.append((self.filters,))
+        return (self.filters, Ho, Wo), shapes
+
+    def _init_params(self, dtype, rng):
+        K, C, kh, kw = self._param_shapes[0]
+        fan_in, fan_out = C * kh * kw, K * kh * kw
+        out = [self.kernel_initializer((K, C, kh, kw), fan_in, fan_out, dtype, rng)]
+        if self.use_bias:
+            out.append(self.bias_initializer((K,), fan_in, fan_out, dtype, rng))
+        return out
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        b = self.params[1] if self.use_bias else None
+        y = ops.conv2d(x, self.params[0], b, self.strides, self.pads, ctx=self._ctx if training else None)
+        act_forward_inplace(y, self.activation)
+        self._cache = (x, y) if training else None
+        return y
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        x, y = self._cache
+        if self.activation != "linear":
+            if self._gbuf is None or self._gbuf.shape != y.shape or self._gbuf.dtype != y.dtype \
+                    or type(self._gbuf) is not type(y):
+                self._gbuf = _xp(y).empty_like(y)
+            gy = act_backward(gy, y, self.activation, out=self._gbuf)
+        gx, gw, gb = ops.conv2d_backward(gy, x, self.params[0], self.strides, self.pads,
+                                         need_gx=self.need_gx, ctx=self._ctx)
+        if self.trainable:
+            self.grads[0][...] = gw
+            if self.use_bias:
+                self.grads[1][...] = gb
+        self._cache = None
+        return gx
+
+    def get_config(self):
+        pad = [int(v) for v in self.padding] if isinstance(self.padding, (tuple, list)) else self.padding
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "stride": list(self.strides), "padding": pad, "activation": self.activation,
+                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer.get_config(),
+                "bias_initializer": self.bias_initializer.get_config()}
+
+
+class _Pool2D(Layer):
+    def __init__(self, size=2, stride=None, padding=0, name=None, input_shape=None, pool_size=None,
+                 strides=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.size = as_pair(size if pool_size is None else pool_size, "size")
+        if min(self.size) <= 0:
+            raise ValueError(f"pool size must be positive, got {size!r}")
+        st = stride if strides is None else strides
+        self.strides = as_stride(self.size if st is None else st)
+        ph, pw = as_pair(padding, "padding")
+        if ph < 0 or pw < 0 or ph > self.size[0] // 2 or pw > self.size[1] // 2:
+            raise ValueError(f"pooling padding must be between 0 and size // 2, got {padding!r}")
+        self.padding = (ph, pw)
+        self.pads = (ph, ph, pw, pw)
+        self._ctx: dict = {}
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects per-sample input (C, H, W), "
+                             f"got shape {input_shape}")
+        C, H, W = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.size, self.strides, self.padding
+        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        if Ho <= 0 or Wo <= 0:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: window {kh}x{kw} does not fit input {input_shape}")
+        return (C, Ho, Wo), []
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "stride": list(self.strides),
+                "padding": list(self.padding)}
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling (stride defaults to size)."""
+
+    base_name = "max_pool2d"
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        y = ops.max_pool2d(x, self.size, self.strides, self.padding, ctx=self._ctx if training else None)
+        self._cache = x if training else None
+        return y
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        gx = ops.max_pool2d_backward(gy, self._cache, self.size, self.strides, self.padding, ctx=self._ctx)
+        self._cache = None
+        return gx
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling (padded zeros count in the divisor)."""
+
+    base_name = "avg_pool2d"
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        y = ops.avg_pool2d(x, self.size, self.strides, self.padding)
+        self._cache = x if training else None
+        return y
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        gx = ops.avg_pool2d_backward(gy, self._cache, self.size, self.strides, self.padding)
+        self._cache = None
+        return gx
+
+
+MaxPooling2D = MaxPool2D
+AveragePooling2D = AvgPool2D
+
+
+# ----------------------------------------------------------------------------------------------
+# reshaping, dense, dropout
+# ----------------------------------------------------------------------------------------------
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), a view (C-order, matching Keras/PyTorch NCHW flattening)."""
+
+    base_name = "flatten"
+
+    def _shapes(self, input_shape):
+        return (int(np.prod(input_shape)),), []
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = x.shape if training else None
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        shape, self._cache = self._cache, None
+        return gy.reshape(shape)
+
+
+class Dense(Layer):
+    """Fully connected: ``y = act(x @ kernel + bias)``; kernel ``(in, units)`` as in Keras."""
+
+    param_names = ("kernel", "bias")
+    base_name = "dense"
+
+    def __init__(self, units: int, activation=None, use_bias: bool = True, input_shape=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units <= 0:
+            raise ValueError(f"units must be a positive int, got {units!r}")
+        self.units = int(units)
+        self.activation = _check_activation(activation)
+        self.use_bias = bool(use_bias)
+        if not self.use_bias:
+            self.param_names = ("kernel",)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self._gbuf = None
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"Dense {self.name!r} expects flat per-sample input (features,), got shape "
+                             f"{input_shape}; add a Flatten() layer before it")
+        shapes = [(input_shape[0], self.units)]
+        if self.use_bias:
+            shapes.append((self.units,))
+        return (self.units,), shapes
+
+    def _init_params(self, dtype, rng):
+        fin, fout = self._param_shapes[0]
+        out = [self.kernel_initializer((fin, fout), fin, fout, dtype, rng)]
+        if self.use_bias:
+            out.append(self.bias_initializer((fout,), fin, fout, dtype, rng))
+        return out
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        xp = _xp(x)
+        W = self.params[0]
+        if x.dtype != W.dtype:
+            x = x.astype(W.dtype)
+        y = xp.matmul(x, W)
+        act = self.activation
+        if _fast(y) and act != "softmax":
+            if self.use_bias:
+                _ak.bias_act_rows(y, self.params[1], _ak.CODES[act])
+            else:
+                act_forward_inplace(y, act)
+        else:
+            if self.use_bias:
+                y += self.params[1]
+            y = softmax(y) if act == "softmax" else act_forward_inplace(y, act)
+        self._cache = (x, y) if training else None
+        return y
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        x, y = self._cache
+        self._cache = None
+        xp = _xp(y)
+        act = self.activation
+        if self._gbuf is None or self._gbuf.shape != y.shape or self._gbuf.dtype != y.dtype \
+                or type(self._gbuf) is not type(y):
+            self._gbuf = xp.empty_like(y)
+        g = self._gbuf
+        if act == "softmax":
+            g[...] = y * (gy - (gy * y).sum(axis=1, keepdims=True))
+            gb = g.sum(axis=0) if self.use_bias else None
+        elif self.use_bias and _fast(y) and _fast(gy):
+            _ak.act_backward_rows_bias(gy, y, g, self.grads[1] if self.trainable else
+                                       np.empty(y.shape[1], y.dtype), _ak.CODES[act])
+            gb = None
+        else:
+            g = act_backward(gy, y, act, out=g) if act != "linear" else gy
+            gb = g.sum(axis=0) if self.use_bias else None
+        if self.trainable:
+            xp.matmul(x.T, g, out=self.grads[0])
+            if gb is not None:
+                self.grads[1][...] = gb
+        if not self.need_gx:
+            return None
+        return xp.matmul(g, self.params[0].T)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer.get_config(),
+                "bias_initializer": self.bias_initializer.get_config()}
+
+
+class Dropout(Layer):
+    """Inverted dropout: zero each value with probability ``rate`` in training, scale the rest by 1/(1-rate).
+
+    Its random stream is the model's (saved with checkpoints so a resumed run repeats the same
+    masks); a stand-alone layer uses ``seed`` or nbcnn's global generator.
+    """
+
+    base_name = "dropout"
+
+    def __init__(self, rate: float, seed: int | None = None, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = rate
+        self.seed = seed
+        self.rng = None
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        if not training or self.rate == 0.0:
+            self._cache = None
+            return x
+        if self.rng is None:
+            from .random import default_rng
+
+            self.rng = default_rng(self.seed)
+        keep = np.asarray(self.rng.random(tuple(x.shape), dtype=np.float32) >= self.rate)
+        mask = keep.astype(x.dtype)
+        mask *= x.dtype.type(1.0 / (1.0 - self.rate))
+        if is_gpu_array(x):
+            import cupy
+
+            mask = cupy.asarray(mask)
+        self._cache = mask
+        return x * mask
+
+    def backward(self, gy):
+        if self._cache is None:
+            return gy
+        m, self._cache = self._cache, None
+        return gy * m
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+# ----------------------------------------------------------------------------------------------
+# activation layers
+# ----------------------------------------------------------------------------------------------
+
+class Activation(Layer):
+    """An element-wise activation as its own layer: ``Activation("relu")`` etc."""
+
+    base_name = "activation"
+
+    def __init__(self, activation, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.activation = _check_activation(activation)
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        if self.activation == "softmax":
+            if x.ndim != 2:
+                raise ValueError(f"softmax expects (N, classes) input, got shape {tuple(x.shape)}")
+            y = softmax(x)
+        else:
+            y = act_forward_inplace(x.copy(), self.activation)
+        self._cache = y if training else None
+        return y
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        y, self._cache = self._cache, None
+        if self.activation == "softmax":
+            return y * (gy - (gy * y).sum(axis=1, keepdims=True))
+        return act_backward(gy, y, self.activation)
+
+    def get_config(self):
+        cfg = super().get_config()
+        if type(self) is Activation:
+            cfg["activation"] = self.activation
+        return cfg
+
+
+class ReLU(Activation):
+    base_name = "relu"
+
+    def __init__(self, name=None, input_shape=None, trainable=True):
+        super().__init__("relu", name=name, input_shape=input_shape, trainable=trainable)
+
+
+class Tanh(Activation):
+    base_name = "tanh"
+
+    def __init__(self, name=None, input_shape=None, trainable=True):
+        super().__init__("tanh", name=name, input_shape=input_shape, trainable=trainable)
+
+
+class Sigmoid(Activation):
+    base_name = "sigmoid"
+
+    def __init__(self, name=None, input_shape=None, trainable=True):
+        super().__init__("sigmoid", name=name, input_shape=input_shape, trainable=trainable)
+
+
+class Softmax(Activation):
+    """Softmax over classes. Before a cross-entropy loss the model fuses it with the loss."""
+
+    base_name = "softmax"
+
+    def __init__(self, name=None, input_shape=None, trainable=True):
+        super().__init__("softmax", name=name, input_shape=input_shape, trainable=trainable)
+
+
+_REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
+                                     ReLU, Tanh, Sigmoid, Softmax)}
+
+
+def deserialize(cfg: dict) -> Layer:
+    """A layer from ``{"class_name": ..., "config": {...}}`` (as written by a model file)."""
+    if not isinstance(cfg, dict) or cfg.get("class_name") not in _REGISTRY:
+        raise ValueError(f"unknown layer config {str(cfg)[:200]!r}")
+    kwargs = dict(cfg.get("config", {}))
+    if "input_shape" in kwargs:
+        kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    for k in ("kernel_size", "stride", "size"):
+        if isinstance(kwargs.get(k), list):
+            kwargs[k] = tuple(kwargs[k])
+    if isinstance(kwargs.get("padding"), list):
+        kwargs["padding"] = tuple(kwargs["padding"])
+    return _REGISTRY[cfg["class_name"]](**kwargs)
+
+
+def serialize(layer: Layer) -> dict:
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def get(name: str) -> type:
+    return _REGISTRY[name]
+
+
+def fan_in_out(shape) -> tuple[int, int]:  # pragma: no cover - convenience for users
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    rf = math.prod(shape[2:])
+    return shape[1] * rf, shape[0] * rf
