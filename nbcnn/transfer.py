@@ -114,14 +114,28 @@ def frozen_prefix(model) -> int:
     return len(_layers(model))
 
 
-def replace_head(model, num_classes, *, seed=None, name=None):
-    """A model whose last weighted layer (the classifier) is a fresh ``Dense(num_classes)``
-    with the same activation; every other layer object is shared with ``model``.
+def _clone_layer(layer):
+    """An independent copy of a built layer (config + weights + trainable flag)."""
+    from . import layers as L
+    c = L.deserialize(L.serialize(layer))
+    if layer.input_shape is not None:
+        dtype = layer.params[0].dtype if getattr(layer, "params", None) else np.float32
+        c.build(tuple(layer.input_shape), dtype=dtype)
+        if _has_params(layer):
+            c.set_weights(layer.get_weights())
+    c.trainable = layer.trainable
+    return c
 
-    Returns a new Sequential (so no stale optimiser state or parameter buffer of
-    the old model is reused); compile it before training.
+
+def replace_head(model, num_classes, *, seed=None, name=None):
+    """A new model: ``model`` with its last weighted layer (the classifier) replaced by a
+    fresh ``Dense(num_classes)`` of the same activation.
+
+    The other layers are copies (same weights and ``trainable`` flags), so the base
+    model stays usable and unchanged. Compile the result before training it.
     """
     from . import layers as L
+    from .models import Sequential
 
     num_classes = int(num_classes)
     if num_classes < 1:
@@ -132,28 +146,28 @@ def replace_head(model, num_classes, *, seed=None, name=None):
         raise ValueError("replace_head needs a model whose last layer with weights is Dense")
     i = idx[-1]
     old = layers[i]
+    if old.input_shape is None:
+        raise ValueError("replace_head: the model is not built yet (its input shape is unknown)")
     taken = {l.name for l in layers}
     new_name = name or next(n for n in (f"{old.name}_new", *(f"{old.name}_new{k}" for k in range(2, 99)))
                             if n not in taken)
     head = L.Dense(num_classes, activation=old.activation, use_bias=old.use_bias, name=new_name)
-    in_shape = old.input_shape
-    if in_shape is None and getattr(old, "_param_shapes", None):
-        in_shape = (old._param_shapes[0][0],)
-    if in_shape is None:
-        raise ValueError("replace_head: the model is not built yet (its input shape is unknown)")
-    dtype = old.params[0].dtype if old.params else np.float32
+    dtype = np.dtype(getattr(model, "dtype", np.float32))
     from .random import default_rng
-    head.build(tuple(in_shape), dtype=dtype, rng=default_rng(seed))
-    new_layers = layers[:i] + [head] + layers[i + 1:]
-    from .models import Sequential
-    kw = {}
-    dev = getattr(model, "device", None)
-    if dev is not None:
-        kw["device"] = dev
+    head.build(tuple(old.input_shape), dtype=dtype, rng=default_rng(seed))
+    new_layers = [_clone_layer(l) for l in layers[:i]] + [head] + [_clone_layer(l) for l in layers[i + 1:]]
+    kw = {"name": getattr(model, "name", None) or "transfer", "dtype": dtype}
+    if getattr(model, "device", None) is not None:
+        kw["device"] = model.device
+    if seed is not None:
+        kw["seed"] = int(seed)
     try:
-        return Sequential(new_layers, **kw)
-    except TypeError:
-        return Sequential(new_layers)
+        m = Sequential(new_layers, **kw)
+    except (TypeError, ValueError):
+        m = Sequential(new_layers)
+    if getattr(model, "input_shape", None) is not None:
+        m.build(tuple(model.input_shape))
+    return m
 
 
 # ---------------------------------------------------------------- features
@@ -175,18 +189,20 @@ def _model_dtype(layers):
     return np.float32
 
 
-def _forward(layers, xb):
-    for l in layers:
-        xb = l.forward(xb, training=False)
-    return xb
-
-
-def _iter_features(layers, x, batch_size):
+def _iter_features(model, upto, x, batch_size):
+    """(start, features of layers 0..upto) per batch, in inference mode, as NumPy arrays."""
     from .device import to_numpy
-    dtype = _model_dtype(layers)
+    layers = _layers(model)[:upto + 1]
+    is_model = hasattr(model, "forward") and hasattr(model, "_to_batch")
+    dtype = np.dtype(getattr(model, "dtype", None) or _model_dtype(layers)).type
     for s in range(0, x.shape[0], batch_size):
-        xb = np.ascontiguousarray(as_model_input(x[s:s + batch_size], dtype))
-        yield s, np.asarray(to_numpy(_forward(layers, xb)))
+        if is_model:  # the model's device and dtype (a GPU model gets CuPy batches)
+            f = model.forward(model._to_batch(x[s:s + batch_size]), training=False, stop=upto + 1)
+        else:
+            f = np.ascontiguousarray(as_model_input(x[s:s + batch_size], dtype))
+            for l in layers:
+                f = l.forward(f, training=False)
+        yield s, np.asarray(to_numpy(f))
 
 
 def extract_features(model, x, layer=-1, *, batch_size=256, progress=None):
@@ -201,7 +217,7 @@ def extract_features(model, x, layer=-1, *, batch_size=256, progress=None):
     if x.shape[0] == 0:
         raise ValueError("x is empty")
     out = None
-    for s, f in _iter_features(layers[:upto + 1], x, int(batch_size)):
+    for s, f in _iter_features(model, upto, x, int(batch_size)):
         if out is None:
             out = np.empty((x.shape[0], *f.shape[1:]), dtype=f.dtype)
         out[s:s + f.shape[0]] = f
@@ -294,7 +310,7 @@ class FeatureCache:
             return np.load(npy, mmap_mode="r")
         self.status = status
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._build(layers[:upto + 1], x, npy, meta, key, batch_size, progress,
+        self._build(model, upto, x, npy, meta, key, batch_size, progress,
                     {"weights": wdig, "data": ddig, "layer": lname, "index": upto})
         return np.load(npy, mmap_mode="r")
 
@@ -322,14 +338,14 @@ class FeatureCache:
                 return "corrupt"
         return "hit"
 
-    def _build(self, layers, x, npy, meta, key, batch_size, progress, fields):
+    def _build(self, model, upto, x, npy, meta, key, batch_size, progress, fields):
         _unlink(meta)  # the old entry is invalid from now on, whatever happens next
         t0 = time.perf_counter()
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{npy.name}.", suffix=".tmp.npy")
         os.close(fd)
         try:
             mm = None
-            for s, f in _iter_features(layers, x, int(batch_size)):
+            for s, f in _iter_features(model, upto, x, int(batch_size)):
                 if mm is None:
                     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=f.dtype,
                                                    shape=(x.shape[0], *f.shape[1:]))
@@ -357,8 +373,10 @@ class FeatureCache:
 def fit_head(model, features, y, *, start=None, validation_data=None, epochs=10, batch_size=32,
              optimizer="adam", lr=None, loss="cross_entropy", verbose=0, callbacks=None, seed=None):
     """Train layers ``start:`` of ``model`` on precomputed ``features`` (the output of layer
-    ``start - 1``). The head's layer objects are the model's, so ``model`` is updated in
-    place. ``start`` defaults to :func:`frozen_prefix`. Returns the fit History."""
+    ``start - 1``); ``start`` defaults to :func:`frozen_prefix`. The layers trained are
+    the model's own objects, so ``model`` holds the trained head afterwards.
+    ``validation_data`` is ``(features, labels)``. Returns the fit History.
+    """
     from .models import Sequential
     layers = _layers(model)
     start = frozen_prefix(model) if start is None else int(start)
@@ -366,14 +384,28 @@ def fit_head(model, features, y, *, start=None, validation_data=None, epochs=10,
         raise ValueError(f"head start {start} must be between 1 and {len(layers) - 1} "
                          f"(nothing to train or nothing frozen)")
     feats = np.asarray(features)
-    head = Sequential(layers[start:])
+    if feats.shape[0] != np.shape(y)[0]:
+        raise ValueError(f"features have {feats.shape[0]} rows but y has {np.shape(y)[0]} labels")
+    head_in = layers[start].input_shape
+    if head_in is not None and tuple(feats.shape[1:]) != tuple(head_in):
+        raise ValueError(f"features of shape {feats.shape[1:]} do not fit layer {layers[start].name!r}, "
+                         f"which takes {tuple(head_in)}: cache the output of layer {start - 1}")
+    kw = {"dtype": getattr(model, "dtype", "float32"), "name": "head"}
+    if seed is not None:
+        kw["seed"] = int(seed)
+    if getattr(model, "device", None) is not None:
+        kw["device"] = model.device
+    head = Sequential(layers[start:], **kw)
+    head.build(tuple(feats.shape[1:]))
     opt = optimizer
     if lr is not None:
         from . import optim
         opt = {"sgd": optim.SGD, "adam": optim.Adam}[str(optimizer).lower()](lr=lr)
     head.compile(loss=loss, optimizer=opt, metrics=["accuracy"])
-    if seed is not None:
-        from .random import seed as _seed
-        _seed(seed)
-    return head.fit(feats, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                    callbacks=callbacks, verbose=verbose)
+    try:
+        return head.fit(feats, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                        callbacks=callbacks, verbose=verbose)
+    finally:
+        if hasattr(model, "_flat"):
+            # the head's weights now live in its own buffer: the model re-gathers them on next use
+            model._flat = None
