@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = [
     "BenchError", "ConvShape", "CONV_SHAPES", "POOL_SHAPE", "SHAPE_GROUPS", "TARGETS",
-    "select_shapes", "interleave", "run_ops", "run_train", "run_startup", "run_memory",
+    "select_shapes", "interleave", "merge_passes", "run_ops", "run_train", "run_startup", "run_memory",
     "run_threads", "environment", "format_table", "format_report", "torch_available", "main",
 ]
 
@@ -500,15 +500,15 @@ def run_ops(op: str = "all", shapes="all", device: str = "cpu", compare="auto", 
 LENET_VARIANTS = (("tanh", "avg"), ("relu", "max"))
 
 
-def _nbcnn_lenet(activation: str, pooling: str, lr: float = 0.01, momentum: float = 0.9):
-    """nbcnn's zoo LeNet-5 compiled for training (issue-4 API)."""
+def _nbcnn_lenet(activation: str, pooling: str, lr: float = 0.01, momentum: float = 0.9, device: str = "cpu"):
+    """nbcnn's zoo LeNet-5 compiled for training (issue-4 API), on an explicit device."""
     import nbcnn
 
     try:
         zoo, optim = nbcnn.zoo, nbcnn.optim
     except (ImportError, AttributeError) as exc:
-        raise BenchError(f"the model zoo is not available yet ({type(exc).__name__}: {exc})") from exc
-    model = zoo.lenet5(activation=activation, pooling=pooling)
+        raise BenchError(f"the model zoo is not available ({type(exc).__name__}: {exc})") from exc
+    model = zoo.lenet5(activation=activation, pooling=pooling, device=device)
     model.compile(loss="cross_entropy", optimizer=optim.SGD(lr, momentum=momentum))
     return model
 
@@ -565,9 +565,9 @@ def run_train(batches=(64, 256), variants=LENET_VARIANTS, predict_batch: int | N
         x, y = _lenet_data(batch, rng)
         if device == "cuda":
             with nbcnn.using_device("cuda"):
-                model = _nbcnn_lenet(act, pool)
+                model = _nbcnn_lenet(act, pool, device="cuda")
         else:
-            model = _nbcnn_lenet(act, pool)
+            model = _nbcnn_lenet(act, pool, device="cpu")
         xd, yd = dev.put(x), dev.put(y)
         if what == "train":
             def ours():
@@ -630,6 +630,64 @@ def run_train(batches=(64, 256), variants=LENET_VARIANTS, predict_batch: int | N
             "results": results}
 
 
+def merge_passes(reports: list) -> dict:
+    """Pool several passes of :func:`run_ops` / :func:`run_train` (same cases) into one report.
+
+    Times and ratios are recomputed over the rounds of all passes; each row keeps
+    the per-pass ratios (``ratio_passes`` / ``speedup_passes``) so a table can show
+    how far passes disagree (on a shared machine that spread is the error bar).
+    """
+    if not reports:
+        raise ValueError("merge_passes needs at least one report")
+    kind = reports[0]["kind"]
+    if kind not in ("ops", "train") or any(r["kind"] != kind for r in reports):
+        raise ValueError("merge_passes takes reports of one kind, 'ops' or 'train'")
+    key = (lambda r: (r["op"], r["shape"], r["mode"])) if kind == "ops" else \
+        (lambda r: (r["op"], r["activation"], r["pooling"], r["batch"]))
+    rows: dict = {}
+    for rep in reports:
+        for r in rep["results"]:
+            rows.setdefault(key(r), []).append(r)
+    merged = []
+    for group in rows.values():
+        m = dict(group[0])
+        rm = {n: [t for r in group for t in r["round_min_ms"].get(n, [])] for n in group[0]["round_min_ms"]}
+        m["round_min_ms"] = rm
+        m["passes"] = len(group)
+        ours = _median(rm["nbcnn"])
+        m["nbcnn_ms"] = ours
+        per_round = ([a / b for r in group for a, b in zip(r["round_min_ms"]["nbcnn"], r["round_min_ms"]["torch"])]
+                     if "torch" in rm else [])
+        if kind == "ops":
+            m["nbcnn_best_ms"] = min(rm["nbcnn"])
+            m["nbcnn_gflops"] = m["flops"] / ours / 1e6 if m["flops"] else None
+            if per_round:
+                m["torch_ms"] = _median(rm["torch"])
+                m["torch_best_ms"] = min(rm["torch"])
+                m["torch_gflops"] = m["flops"] / m["torch_ms"] / 1e6 if m["flops"] else None
+                m["ratio"] = _median(per_round)
+                m["ratio_best"] = m["nbcnn_best_ms"] / m["torch_best_ms"]
+                m["ratio_passes"] = [r["ratio"] for r in group]
+                errs = [r["max_rel_err"] for r in group if r.get("max_rel_err")]
+                if errs:
+                    m["max_rel_err"] = {k: max(e[k] for e in errs) for k in errs[0]}
+        else:
+            b = m["batch"]
+            m["nbcnn_ips"] = b / ours * 1e3
+            m["nbcnn_ips_best"] = b / min(rm["nbcnn"]) * 1e3
+            if per_round:
+                m["torch_ms"] = _median(rm["torch"])
+                m["torch_ips"] = b / m["torch_ms"] * 1e3
+                m["torch_ips_best"] = b / min(rm["torch"]) * 1e3
+                m["speedup"] = 1.0 / _median(per_round)
+                m["speedup_passes"] = [r["speedup"] for r in group]
+        merged.append(m)
+    out = dict(reports[0])
+    out["results"] = merged
+    out["passes"] = [{"env": r["env"], "settings": r.get("settings")} for r in reports]
+    return out
+
+
 # --------------------------------------------------------------------------- subprocess benchmarks
 
 # Environment variables that steer thread pools: scrubbed from children so each
@@ -663,8 +721,10 @@ def _run_child(code: str, env: dict, timeout: float, args=()) -> dict:
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        return {"ok": False, "error": f"exit {proc.returncode}: {tail[:500]}", "wall_s": wall}
+        tail = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if ln.strip()]
+        last = tail[-1].strip() if tail else "no output"
+        return {"ok": False, "error": f"exit {proc.returncode}: {last[:300]}", "stderr_tail": tail[-12:],
+                "wall_s": wall}
     out = json.loads(lines[-1])
     out.update(ok=True, wall_s=wall)
     return out
@@ -846,6 +906,10 @@ import json, sys, time
 order, seconds, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 if order == "numpy-first":
     import numpy
+elif order == "torch-first":
+    import torch
+    torch.set_num_threads(threads)
+    torch.ones(64, 64) @ torch.ones(64, 64)  # start torch's own OpenMP pool
 import nbcnn, numba
 import numpy as np
 from nbcnn import ops, _threads
@@ -888,16 +952,23 @@ THREAD_CONFIGS = {
                                        "BLAS to 1 thread with threadpoolctl"),
     "unprotected": ("numpy-first", {"NBCNN_BLAS_THREADS": "0"},
                     "numpy first and NBCNN_BLAS_THREADS=0 (nbcnn leaves BLAS alone): the problem nbcnn avoids"),
+    "torch-first": ("torch-first", {}, "torch (MKL + its own OpenMP pool) imported and used before nbcnn"),
 }
 
 
-def run_threads(configs=tuple(THREAD_CONFIGS), seconds: float = 2.0, passes: int = 2, threads: int = 2,
+def run_threads(configs=None, seconds: float = 2.0, passes: int = 2, threads: int = 2,
                 timeout: float = 600, progress=None) -> dict:
     """Show nbcnn is immune to OpenBLAS's spinning workers, whatever the import order.
 
     Each configuration runs in a fresh process (the environment is read when
     OpenBLAS loads); passes alternate the order (A B C, C B A) against drift.
+    ``torch-first`` runs only where PyTorch is importable.
     """
+    if configs is None:
+        configs = tuple(c for c in THREAD_CONFIGS if c != "torch-first" or torch_available())
+    unknown = [c for c in configs if c not in THREAD_CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown thread configurations {unknown}: choose from {list(THREAD_CONFIGS)}")
     results = []
     for ps in range(passes):
         order = list(configs) if ps % 2 == 0 else list(configs)[::-1]
@@ -969,14 +1040,22 @@ def wait_for_quiet(max_wait_s: float = 120.0, threshold: float = 0.15, progress=
 
 
 def _cpu_model() -> str:
+    """Model name, family/model and the widest SIMD: "AMD EPYC" alone does not tell Zen 3 from Zen 5."""
+    fields: dict = {}
     try:
         with open("/proc/cpuinfo") as f:
             for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
+                if not ln.strip():
+                    break  # first CPU only
+                k, _, v = ln.partition(":")
+                fields[k.strip()] = v.strip()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    fam = fields.get("cpu family")
+    return (f"{fields.get('model name', '?')} (vendor {fields.get('vendor_id', '?')}, family {fam}, "
+            f"model {fields.get('model', '?')}, {simd}{' + FMA' if 'fma' in flags else ''})")
 
 
 def environment(device: str = "cpu", torch_imported: bool = False) -> dict:
@@ -1050,6 +1129,13 @@ def _met(value, t: dict, kind: str = "le") -> str:
     return ", ".join(marks)
 
 
+def _passes(values) -> str:
+    """' (p1 ; p2)' for a merged row, '' otherwise."""
+    if not values or len(values) < 2:
+        return ""
+    return " (" + " ; ".join(_f(v) for v in values) + ")"
+
+
 def _table(header, rows, markdown: bool) -> str:
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -1075,7 +1161,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
                    _f(r["nbcnn_gflops"], ".0f")]
             if has_t:
                 row += [_f(r["torch_ms"], ".3g" if (r["torch_ms"] or 0) < 1 else ".2f"), _f(r["torch_gflops"], ".0f"),
-                        _f(r["ratio"]), _target_str(r["target"]), _met(r["ratio"], r["target"])]
+                        _f(r["ratio"]) + _passes(r.get("ratio_passes")), _target_str(r["target"]),
+                        _met(r["ratio"], r["target"])]
             rows.append(row)
         return _table(head, rows, markdown)
     if kind == "train":
@@ -1087,7 +1174,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
         for r in res:
             row = [r["op"], f"{r['activation']}/{r['pooling']}", r["batch"], _f(r["nbcnn_ips"], ".0f")]
             if has_t:
-                row += [_f(r["torch_ips"], ".0f"), _f(r["speedup"]), _target_str(r["target"], "ge"),
+                row += [_f(r["torch_ips"], ".0f"), _f(r["speedup"]) + _passes(r.get("speedup_passes")),
+                        _target_str(r["target"], "ge"),
                         _met(r["speedup"], r["target"], "ge")]
             rows.append(row)
         return _table(head, rows, markdown)
@@ -1106,6 +1194,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
         if groups:
             names = list(groups[0]["groups_s"])
             grows = [[g] + [_f(r["groups_s"].get(g)) for r in groups] for g in names]
+            grows.append(["all of the above + the first conv"] +
+                         [_f(r["first_conv_s"] - r["import_s"] + r["groups_total_s"]) for r in groups])
             out += "\n\n" + _table(["kernel group (first - second call, s)"] + [r["phase"] for r in groups],
                                    grows, markdown)
         return out
@@ -1177,6 +1267,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--passes", type=int, default=1, help="ops/train: repeat and pool the passes (ratios per pass shown)")
     ap.add_argument("--json", dest="json_path", help="write the full report as JSON")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -1184,12 +1275,18 @@ def main(argv=None) -> int:
     progress = None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     compare = None if a.compare == "none" else a.compare
     try:
-        if a.what == "ops":
-            rep = run_ops(a.op, a.shapes.split(","), a.device, compare, a.threads, a.dtype, a.quick, a.rounds,
-                          progress=progress)
-        elif a.what == "train":
-            rep = run_train(device=a.device, compare=compare, threads=a.threads, quick=a.quick, rounds=a.rounds,
-                            progress=progress)
+        if a.what in ("ops", "train"):
+            reps = []
+            for i in range(max(1, a.passes)):
+                if a.passes > 1:
+                    _say(progress, f"pass {i + 1} of {a.passes}")
+                if a.what == "ops":
+                    reps.append(run_ops(a.op, a.shapes.split(","), a.device, compare, a.threads, a.dtype, a.quick,
+                                        a.rounds, progress=progress))
+                else:
+                    reps.append(run_train(device=a.device, compare=compare, threads=a.threads, quick=a.quick,
+                                          rounds=a.rounds, progress=progress))
+            rep = merge_passes(reps) if len(reps) > 1 else reps[0]
         elif a.what == "startup":
             rep = run_startup(threads=a.threads, progress=progress)
         elif a.what == "memory":
