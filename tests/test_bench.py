@@ -90,3 +90,39 @@ def test_write_json_is_atomic_and_readable(tmp_path):
     bench._write_json(str(p), {"a": 1})
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in p.parent.iterdir()] == ["r.json"]
+
+
+def _row(nb, th):
+    r = {"op": "conv", "shape": "s", "mode": "fwd", "flops": 2_000_000, "round_min_ms": {"nbcnn": nb, "torch": th},
+         "ratio": bench._median([a / b for a, b in zip(nb, th)]), "max_rel_err": {"y": 1e-7}}
+    return r
+
+
+def test_merge_passes_pools_rounds_and_keeps_per_pass_ratios():
+    p1 = {"kind": "ops", "env": {}, "results": [_row([1.0, 2.0, 1.0], [1.0, 1.0, 2.0])]}   # ratios 1, 2, 0.5
+    p2 = {"kind": "ops", "env": {}, "results": [_row([3.0, 3.0, 3.0], [1.0, 1.0, 1.0])]}   # ratios 3, 3, 3
+    m = bench.merge_passes([p1, p2])["results"][0]
+    assert m["ratio"] == 2.5                      # median of 0.5, 1, 2, 3, 3, 3
+    assert m["ratio_passes"] == [1.0, 3.0]
+    assert m["nbcnn_ms"] == 2.5 and m["torch_ms"] == 1.0 and m["nbcnn_best_ms"] == 1.0
+    assert m["nbcnn_gflops"] == pytest.approx(2_000_000 / 2.5e-3 / 1e9)
+    assert "2.50 (1.00 ; 3.00)" in bench.format_table({"kind": "ops", "results": [dict(m, target={})]})
+    with pytest.raises(ValueError, match="one kind"):
+        bench.merge_passes([p1, {"kind": "train", "results": []}])
+
+
+def test_format_table_for_subprocess_reports():
+    startup = {"kind": "startup", "results": [
+        {"ok": True, "what": "conv", "phase": "cold", "import_s": 0.1, "first_conv_s": 3.0, "wall_s": 9.0,
+         "groups_s": {"pool": 2.0}, "groups_total_s": 4.0},
+        {"ok": False, "what": "train", "phase": "cold", "error": "exit 1: boom"}]}
+    text = bench.format_table(startup)
+    assert "boom" in text and "6.90" in text     # 3.0 - 0.1 + 4.0: every kernel group, import excluded
+    mem = {"kind": "memory", "results": [{"ok": True, "which": "nbcnn", "rss_after_import_mb": 90.0,
+                                          "rss_after_build_mb": 95.0, "peak_rss_mb": 120.0, "steps": 30,
+                                          "steps_s": 1.5}]}
+    assert "20.0" in bench.format_table(mem)      # 30 steps in 1.5 s
+    thr = {"kind": "threads", "results": [{"ok": True, "config": "unprotected", "passno": 1, "blas_policy": "x",
+                                           "conv2_fwd_bwd": {"median_ms": 20.0, "min_ms": 10.0},
+                                           "lenet_step_b64": {"median_ms": 32.0}}]}
+    assert "2000" in bench.format_table(thr)      # 64 images / 32 ms
