@@ -52,7 +52,8 @@ def augment(dataset, data_dir, spec, copies, no_original, limit, seed, out_dir, 
     x_tr, x_te = loading.as_nchw_uint8(x_tr), loading.as_nchw_uint8(x_te)
     if limit is not None:
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
-    with common.ProgressBar(len(x_tr) * copies, label="augment") as bar:
+    from .transfer import counting_bar
+    with counting_bar(len(x_tr) * copies, "augment") as bar:
         xa, ya = A.augment_dataset(x_tr, y_tr, pipeline, copies, seed=seed, include_original=not no_original,
                                    progress=bar.update)
     files = A.write_dataset(out_dir, dataset, (xa, ya), (x_te, y_te))

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: one-line errors, quiet output when piped, colours on a terminal, progress bars.
+"""Shared CLI plumbing: one-line errors, quiet output when piped, colours on a terminal.
 
 Why here and not in each command: every command must behave the same way for
 users (``Error: ...`` and exit 1 for a user error, the traceback only with
@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -210,90 +209,3 @@ def examples(*lines: str) -> str:
     """An 'Examples' block for a command's ``--help`` (``\\b`` keeps click from rewrapping it)."""
     body = "\n".join(f"  {line}" for line in lines)
     return f"\b\nExamples:\n{body}"
-
-
-# ------------------------------------------------------------------ progress
-
-class ProgressBar:
-    """A one-line progress bar on stderr, drawn only on a terminal.
-
-    ``click.progressbar`` cannot show changing metrics next to the bar, and
-    when stderr is piped we want nothing at all (the per-epoch line is the
-    log), so this is a small bar of our own, redrawn at most ~10 times a second.
-    """
-
-    def __init__(self, total: int, label: str = "", unit: str = "img", enabled: bool | None = None,
-                 stream=None, width: int = 24, initial: int = 0):
-        self.total = max(int(total), 0)
-        self.label = label
-        self.unit = unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _isatty(self.stream) if enabled is None else bool(enabled)
-        self.width = width
-        self.done = self._initial = int(initial)
-        self.start = time.perf_counter()
-        self._last_draw = 0.0
-        self._metrics: dict[str, float] = {}
-        self._drawn = False
-
-    def update(self, n: int, **metrics) -> None:
-        self.done = min(self.done + int(n), self.total) if self.total else self.done + int(n)
-        self._metrics.update({k: v for k, v in metrics.items() if v is not None})
-        now = time.perf_counter()
-        if self.enabled and (now - self._last_draw >= 0.1 or self.done >= self.total):
-            self._last_draw = now
-            self._draw(now)
-
-    def rate(self) -> float:
-        """Items per second in this session (a resumed bar starts at ``initial``)."""
-        elapsed = time.perf_counter() - self.start
-        return (self.done - self._initial) / elapsed if elapsed > 0 else 0.0
-
-    def _draw(self, now: float) -> None:
-        elapsed = now - self.start
-        frac = self.done / self.total if self.total else 0.0
-        fill = int(round(frac * self.width))
-        bar = "#" * fill + "-" * (self.width - fill)
-        rate = (self.done - self._initial) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        parts = [f"{self.label} [{bar}] {self.done}/{self.total}"]
-        parts += [f"{k} {_fmt_metric(v)}" for k, v in self._metrics.items()]
-        parts.append(f"{_fmt_rate(rate)} {self.unit}/s")
-        parts.append(f"ETA {format_seconds(eta)}")
-        line = "  ".join(parts)
-        self.stream.write("\r" + line + "\x1b[K")
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        """Erase the bar so the caller's summary line replaces it."""
-        if self.enabled and self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._drawn = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-def _fmt_metric(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _fmt_rate(rate: float) -> str:
-    if rate >= 10_000:
-        return f"{rate / 1000:.1f}k"
-    return f"{rate:.0f}"
-
-
-def format_seconds(s: float) -> str:
-    if s != s or s == float("inf"):  # NaN / inf: not known yet
-        return "--:--"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"

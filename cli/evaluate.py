@@ -9,22 +9,26 @@ import numpy as np
 from . import common, loading
 
 
-def evaluate_arrays(model, x_pixels, y, preprocess, batch_size=256, label="evaluate"):
+def evaluate_arrays(model, x_pixels, y, batch_size=256, label="evaluate"):
     """Predict in batches (with a progress bar on a terminal) -> (probabilities, loss, accuracy).
 
     The loss is the mean cross-entropy of the predicted probabilities, the
     quantity training minimises for classifiers.
     """
     import nbcnn
+    from nbcnn.progress import ProgressBar
 
     n = len(x_pixels)
     probs = []
-    with common.ProgressBar(n, label=label) as bar:
-        for start in range(0, n, batch_size):
-            xb = loading.to_inputs(x_pixels[start:start + batch_size], preprocess)
+    bar = ProgressBar(-(-n // batch_size), prefix=label)
+    try:
+        for i, start in enumerate(range(0, n, batch_size)):
+            xb = x_pixels[start:start + batch_size]  # uint8: the model scales it like in training
             pb = np.asarray(nbcnn.to_numpy(model.predict(xb, batch_size=batch_size)), dtype=np.float64)
             probs.append(pb)
-            bar.update(len(xb))
+            bar.update(i + 1, items=len(xb))
+    finally:
+        bar.close()
     probs = np.concatenate(probs) if probs else np.zeros((0, 0))
     y = np.asarray(y).astype(np.int64)
     if n == 0:
@@ -75,16 +79,14 @@ def format_table(rows) -> str:
 @click.option("--no-plot", is_flag=True, help="Do not write the confusion-matrix PNG.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the metrics to this JSON file ('-' = stdout).")
-@click.option("--device", default="cpu", show_default=True, metavar="auto|cpu|cuda")
+@click.option("--device", default=None, metavar="auto|cpu|cuda",
+              help="Where to run the model [default: $NBCNN_DEVICE or auto].")
 @common.verbose_option
 def evaluate(model_path, dataset, data_dir, split, limit, batch_size, plot_path, no_plot, json_path, device):
     """Loss, accuracy and per-class recall/precision of MODEL on a data set, plus a confusion matrix."""
     from nbcnn import plots
 
-    from .predict import _move
-
-    model = loading.load_model_file(model_path)
-    _move(model, device)
+    model = loading.load_model_file(model_path, device)
     meta = loading.model_metadata(model)
     dataset = (dataset or meta.get("dataset") or "mnist").lower()
     (x_tr, y_tr), (x_te, y_te), info = loading.load_dataset(dataset, data_dir)
@@ -97,7 +99,7 @@ def evaluate(model_path, dataset, data_dir, split, limit, batch_size, plot_path,
         raise common.UserError(f"the model expects inputs of shape {tuple(shape)} but {dataset} images "
                                f"are {tuple(x.shape[1:])}")
     names = loading.class_names_for(model, dataset=dataset)
-    probs, loss, acc = evaluate_arrays(model, x, y, loading.preprocess_of(model), batch_size)
+    probs, loss, acc = evaluate_arrays(model, x, y, batch_size)
     if probs.shape[1] != len(names):
         names = [str(i) for i in range(probs.shape[1])]
     cm = plots.confusion_matrix(y, probs.argmax(axis=1), probs.shape[1])

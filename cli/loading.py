@@ -7,7 +7,6 @@ commands share (how pixels become model inputs, class names) in one place, so
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,14 @@ from .common import UserError, notice
 
 DATASETS = ("mnist", "fashion-mnist")
 
-CLASS_NAMES = {
-    "mnist": [str(i) for i in range(10)],
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"],
-}
 
-# How uint8 pixels become model inputs. Stored in every model file the CLI
-# writes (metadata["preprocess"]) so predict/evaluate apply the same scaling.
-DEFAULT_PREPROCESS = {"scale": 1.0 / 255.0, "mean": 0.0, "std": 1.0}
+
+def dataset_classes(name: str) -> list[str] | None:
+    """Class names of a data set, from ``nbcnn.datasets``."""
+    from nbcnn import datasets
+
+    spec = datasets.DATASETS.get(name)
+    return list(spec["classes"]) if spec and spec.get("classes") else None
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -68,8 +66,17 @@ def build_zoo_model(name: str, **kwargs):
     return fn(**kwargs)
 
 
-def load_model_file(path):
-    """``nbcnn.load_model(path)`` with one-line errors that name the file."""
+def resolve_device(device):
+    """``--device`` value -> a usable nbcnn Device (``None`` = ``$NBCNN_DEVICE`` or auto)."""
+    import os
+
+    import nbcnn
+
+    return nbcnn.device.parse_device(device or os.environ.get("NBCNN_DEVICE") or "auto")
+
+
+def load_model_file(path, device=None):
+    """``nbcnn.load_model(path)`` on ``device`` with one-line errors that name the file."""
     import nbcnn
 
     p = Path(path)
@@ -78,7 +85,7 @@ def load_model_file(path):
     if p.is_dir():
         raise UserError(f"expected a model file, got a folder: {p}")
     try:
-        return nbcnn.load_model(p)
+        return nbcnn.load_model(p, device=resolve_device(device))
     except UserError:
         raise
     except (ValueError, OSError, KeyError, TypeError) as exc:
@@ -132,7 +139,7 @@ def class_names_for(model, num_classes: int | None = None, dataset: str | None =
     names = meta.get("class_names")
     if not names:
         ds = dataset or meta.get("dataset")
-        names = CLASS_NAMES.get(ds)
+        names = dataset_classes(ds) if ds else None
     if num_classes is None:
         num_classes = model_num_classes(model) or (len(names) if names else 10)
     if not names or len(names) != num_classes:
@@ -140,73 +147,33 @@ def class_names_for(model, num_classes: int | None = None, dataset: str | None =
     return list(names)
 
 
-def preprocess_of(model) -> dict:
-    pre = model_metadata(model).get("preprocess")
-    return dict(pre) if isinstance(pre, dict) else dict(DEFAULT_PREPROCESS)
-
-
-def to_inputs(pixels: np.ndarray, preprocess: dict, dtype=np.float32) -> np.ndarray:
-    """uint8 pixels -> model inputs, the same way ``nbcnn train`` prepared its data."""
-    x = pixels.astype(dtype) * dtype(preprocess.get("scale", 1.0 / 255.0))
-    mean, std = float(preprocess.get("mean", 0.0)), float(preprocess.get("std", 1.0))
-    if mean != 0.0:
-        x -= dtype(mean)
-    if std != 1.0:
-        x /= dtype(std)
-    return x
-
-
 # ------------------------------------------------------------------ data sets
 
 def load_dataset(name: str, data_dir=None):
     """``(x_train, y_train), (x_test, y_test), info`` for a named data set.
 
-    ``info`` says where the data came from; when the library fell back to the
-    bundled MNIST sample, the notice it gave (a warning or a flag) is shown on
-    stderr, once.
+    ``info`` says where the data came from (``nbcnn.datasets.last_source``);
+    when the library falls back to the bundled MNIST sample it prints its own
+    one-line notice on stderr.
     """
     from nbcnn import datasets
 
     key = name.strip().lower().replace("_", "-")
     if key not in DATASETS:
         raise UserError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
-    loader = datasets.load_mnist if key == "mnist" else datasets.load_fashion_mnist
     if data_dir is not None:
         d = Path(data_dir)
         if not d.exists():
             raise UserError(f"data folder not found: {d}")
-        if not d.is_dir():
-            raise UserError(f"--data-dir must be a folder, got a file: {d}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            (x_train, y_train), (x_test, y_test) = loader(path=data_dir) if data_dir is not None else loader()
-        except FileNotFoundError as exc:
-            raise UserError(f"{key}: {exc}") from exc
-        except (ValueError, OSError) as exc:
-            raise UserError(f"cannot read {key}: {' '.join(str(exc).split())}") from exc
-    messages = []
-    for w in caught:
-        text = " ".join(str(w.message).split())
-        if text not in messages:
-            messages.append(text)
-            notice(f"Notice: {text}")
-    sample = _is_bundled_sample(datasets, x_train, messages)
+    try:
+        (x_train, y_train), (x_test, y_test) = datasets.load_dataset(key, path=data_dir)
+    except (ValueError, OSError) as exc:
+        raise UserError(" ".join(str(exc).split())) from exc
+    src = dict(getattr(datasets, "last_source", {}) or {})
     info = {"dataset": key, "train_size": int(len(x_train)), "test_size": int(len(x_test)),
-            "bundled_sample": sample}
-    if data_dir is not None:
-        info["data_dir"] = str(data_dir)
+            "bundled_sample": src.get("source") == "sample", "source": src.get("source"),
+            "location": src.get("location")}
     return (x_train, y_train), (x_test, y_test), info
-
-
-def _is_bundled_sample(datasets, x_train, messages) -> bool:
-    for attr in ("last_source", "LAST_SOURCE"):
-        src = getattr(datasets, attr, None)
-        if callable(src):
-            src = src()
-        if src is not None:
-            return "sample" in str(src).lower() or "bundled" in str(src).lower()
-    return any("sample" in m.lower() or "bundled" in m.lower() for m in messages)
 
 
 def as_nchw_uint8(x: np.ndarray) -> np.ndarray:
@@ -224,6 +191,7 @@ def read_inputs(paths, input_shape, invert: str = "auto"):
     Returns a list of ``(name, array, is_uint8_pixels)`` with ``array`` of shape
     ``(N, C, H, W)``. Images are converted to the model's channel count and
     resized to its height and width; ``.npy`` files must already match.
+    Pixels stay uint8: the model scales them to [0, 1] exactly as in training.
     """
     if input_shape is None or len(input_shape) != 3:
         raise UserError(f"cannot tell the model's input shape (got {input_shape}); "

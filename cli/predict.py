@@ -21,8 +21,8 @@ from . import common, loading
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--invert", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="Invert grey images: 'auto' inverts dark-on-light images to match MNIST-style data.")
-@click.option("--device", default="cpu", show_default=True, metavar="auto|cpu|cuda",
-              help="Where to run the model.")
+@click.option("--device", default=None, metavar="auto|cpu|cuda",
+              help="Where to run the model [default: $NBCNN_DEVICE or auto].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @common.verbose_option
 def predict(model_path, inputs, top_k, as_json, invert, device, batch_size):
@@ -31,15 +31,16 @@ def predict(model_path, inputs, top_k, as_json, invert, device, batch_size):
     INPUT is an image (PNG, JPEG, ...; converted to the model's channels and
     resized to its input size) or a .npy array of one sample (C,H,W or H,W)
     or a batch (N,C,H,W). Integer arrays are read as 0-255 pixels and scaled
-    like the training data; float arrays are used as model inputs unchanged.
+    to [0, 1] like the training data; float arrays are used as model inputs unchanged.
     """
-    model = loading.load_model_file(model_path)
-    _move(model, device)
+    model = loading.load_model_file(model_path, device)
     shape = loading.model_input_shape(model)
     chunks = loading.read_inputs(inputs, shape, invert=invert)
-    pre = loading.preprocess_of(model)
-    x = np.concatenate([loading.to_inputs(a, pre) if is_px else a.astype(np.float32)
-                        for _, a, is_px in chunks])
+    if all(is_px for _, _, is_px in chunks):
+        x = np.concatenate([a for _, a, _ in chunks])  # uint8: the model scales it like in training
+    else:
+        x = np.concatenate([a.astype(np.float32) * np.float32(1 / 255) if is_px else a
+                            for _, a, is_px in chunks])
     names = [n for n, _, _ in chunks]
     probs = np.asarray(_to_numpy(model.predict(x, batch_size=batch_size)), dtype=np.float64)
     if probs.ndim != 2 or probs.shape[0] != len(names):
@@ -61,16 +62,6 @@ def predict(model_path, inputs, top_k, as_json, invert, device, batch_size):
         head = common.style(f"{best['label']} ({best['probability']:.1%})", bold=True)
         tail = "   ".join(f"{t['label']} ({t['probability']:.1%})" for t in rest)
         common.echo(f"{r['input']:<{width}}  {head}" + (f"   {tail}" if tail else ""))
-
-
-def _move(model, device):
-    """Put the model on ``device`` (a user error if it is not usable)."""
-    import nbcnn
-
-    dev = nbcnn.device.parse_device(device)
-    to = getattr(model, "to", None)
-    if callable(to):
-        to(dev)
 
 
 def _to_numpy(a):

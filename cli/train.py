@@ -1,24 +1,21 @@
 """``nbcnn train``: train a zoo model on MNIST / Fashion-MNIST, resumably.
 
-The loop is the CLI's own (``Sequential.train_on_batch`` per batch) rather
-than one ``fit`` call, because the CLI must be able to stop after any batch
-and continue later *to the same result*:
+Training runs through ``Sequential.fit`` (the library's own loop) with a
+CLI callback that draws the progress bar, prints a line per epoch and writes
+a checkpoint after every epoch. Resuming is exact because everything random
+is a function of saved state: the batch order of epoch ``e`` depends only on
+the model's seed and ``e``, and the model file stores the weights, the
+optimizer state, the dropout stream and ``model.progress`` (epoch, batch and
+the partial epoch's running sums), which ``fit(initial_epoch=,
+initial_batch=)`` continues from.
 
-* the batch order of epoch ``e`` is a pure function of ``(seed, e)``
-  (``SeedSequence(seed, spawn_key=(e,))``, the same order
-  :class:`nbcnn.loader.AugmentedBatches` uses), so a resumed run sees the
-  same batches without replaying anything;
-* the model file stores the weights, the optimizer state and the model's
-  random stream (dropout), and its metadata stores the position (epoch,
-  batch) and the partial epoch's running sums.
-
-``Ctrl-C`` sets a flag; the current batch finishes, a checkpoint is written
-atomically, and the command exits with code 130. A second ``Ctrl-C`` aborts
-at once (the checkpoint of the last finished epoch is still there).
+``Ctrl-C`` sets a flag; the current batch finishes, ``model.stop_training``
+ends ``fit``, a checkpoint is written atomically and the command exits with
+code 130. A second ``Ctrl-C`` aborts at once (the checkpoint of the last
+finished epoch is still there).
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -26,6 +23,8 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+from nbcnn.callbacks import Callback
 
 from . import common, loading
 
@@ -38,6 +37,8 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
 # Options that define the run: a resumed run must use the same values.
 RUN_OPTIONS = ("model", "dataset", "batch_size", "optimizer", "lr", "momentum", "seed", "val_split",
                "train_size", "augment")
+# Options a resumed run takes from the checkpoint unless given again (they do not change the weights).
+SOFT_OPTIONS = ("epochs", "test_size", "no_plot", "workers")
 
 # Testing hook: send ourselves SIGINT after this many training batches (a real
 # Ctrl-C, at a reproducible point). Not a user option.
@@ -79,23 +80,6 @@ def _paths(out: Path) -> dict:
             "curves": Path(f"{base}.curves.png")}
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,))).permutation(n)
-
-
-def _step(model, xb, yb):
-    """One optimizer step -> (loss, number of correct predictions or None)."""
-    out = model.train_on_batch(xb, yb)
-    acc = None
-    if isinstance(out, dict):
-        loss, acc = out.get("loss"), out.get("accuracy")
-    elif isinstance(out, (tuple, list)):
-        loss, acc = out[0], (out[1] if len(out) > 1 else None)
-    else:
-        loss = out
-    return float(loss), (None if acc is None else float(acc))
-
-
 def _resolve_options(ctx, opts: dict, state: dict | None) -> dict:
     """Merge command-line options with a checkpoint's run settings (the checkpoint wins;
     an explicitly different value is an error, since it would not continue the same run)."""
@@ -105,30 +89,44 @@ def _resolve_options(ctx, opts: dict, state: dict | None) -> dict:
     merged = dict(opts)
     for key in RUN_OPTIONS:
         explicit = ctx.get_parameter_source(key) not in (click.core.ParameterSource.DEFAULT, None)
-        if explicit and opts[key] is not None and opts[key] != saved.get(key):
+        if explicit and opts[key] is not None and _differs(opts[key], saved.get(key)):
             flag = "--" + key.replace("_", "-")
             raise common.UserError(f"the checkpoint was trained with {flag} {saved.get(key)}; resuming with "
                                    f"{opts[key]} would not continue the same run (drop {flag})")
         merged[key] = saved.get(key)
-    for key in ("data_dir",):
-        if opts.get(key) is None:
-            merged[key] = saved.get(key)
-    if ctx.get_parameter_source("epochs") in (click.core.ParameterSource.DEFAULT, None):
-        merged["epochs"] = saved.get("epochs", opts["epochs"])
+    if opts.get("data_dir") is None and saved.get("data_dir"):
+        merged["data_dir"] = Path(saved["data_dir"])
+    for key in SOFT_OPTIONS:
+        if key in saved and ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
+            merged[key] = saved[key]
     return merged
+
+
+def _differs(a, b) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return loading.normalise_zoo_name(a) != loading.normalise_zoo_name(b)
+    return a != b
 
 
 def _build_model(opts, input_shape, num_classes, device):
     import nbcnn
 
     nbcnn.seed(opts["seed"])
-    with nbcnn.using_device(device):
-        model = loading.build_zoo_model(opts["model"], num_classes=num_classes, input_shape=input_shape)
+    try:
+        with nbcnn.using_device(device):
+            model = loading.build_zoo_model(opts["model"], num_classes=num_classes, input_shape=input_shape,
+                                            device=device, seed=opts["seed"])
+    except ValueError as exc:
+        c, h, w = input_shape
+        raise common.UserError(f"model {opts['model']} cannot take {opts['dataset']}'s {c}x{h}x{w} images "
+                               f"({' '.join(str(exc).split())}); for 28x28 images use lenet5 or small_vgg") from None
     shape = loading.model_input_shape(model)
     if shape is not None and tuple(shape) != tuple(input_shape):
         raise common.UserError(
             f"model {opts['model']} takes inputs of shape {tuple(shape)} but {opts['dataset']} images are "
             f"{tuple(input_shape)}; pick a model for {input_shape[1]}x{input_shape[2]} images (e.g. lenet5)")
+    if getattr(model, "device", device) != device and hasattr(model, "to"):
+        model.to(device)
     from nbcnn import optim
 
     if opts["optimizer"] == "sgd":
@@ -137,17 +135,6 @@ def _build_model(opts, input_shape, num_classes, device):
         opt = optim.Adam(opts["lr"])
     model.compile(loss="cross_entropy", optimizer=opt, metrics=["accuracy"])
     return model
-
-
-def _save(model, path: Path, metadata: dict) -> None:
-    model.save(path, metadata=metadata)
-
-
-def _metadata(opts, paths, dataset_info, class_names, state: dict) -> dict:
-    return {"dataset": opts["dataset"], "class_names": class_names,
-            "preprocess": dict(loading.DEFAULT_PREPROCESS),
-            "bundled_sample": dataset_info["bundled_sample"],
-            STATE_KEY: state}
 
 
 EPILOG = common.examples(
@@ -209,17 +196,61 @@ def train(ctx, **opts):
     Trainer(ctx, opts).run()
 
 
+class _CliCallback(Callback):
+    """Progress bar, epoch lines, per-epoch checkpoints and Ctrl-C for ``fit``."""
+
+    def __init__(self, trainer, stop: _Interrupt, steps: int, n_train: int):
+        super().__init__()
+        self.t = trainer
+        self.stop = stop
+        self.steps = steps
+        self.n_train = n_train
+        self.bar = None
+        self.batches_run = self.step = self.seen = 0
+        self.interrupt_after = int(os.environ.get(_INTERRUPT_ENV, "0") or 0)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from nbcnn.progress import ProgressBar
+
+        prog = self.model.progress
+        self.step = int(prog.get("batch", 0)) if prog.get("epoch") == epoch else 0
+        self.bar = ProgressBar(self.steps, prefix=f"epoch {epoch + 1}/{self.t.opts['epochs']}",
+                               enabled=None if self.t.verbose else False)
+        self.seen = 0
+
+    def on_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self.batches_run += 1
+        self.step += 1
+        size = int(logs.get("size", 0))
+        self.seen += size
+        if self.bar is not None:
+            metrics = {"loss": logs.get("loss"), "acc": logs.get("accuracy")}
+            self.bar.update(self.step, items=size, **{k: v for k, v in metrics.items() if v is not None})
+        if self.interrupt_after and self.batches_run == self.interrupt_after:
+            os.kill(os.getpid(), signal.SIGINT)
+        if self.stop.requested:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+        self.t.record_epoch(epoch, logs or {}, self.seen)
+
+
 class Trainer:
     """One ``nbcnn train`` invocation: settings, data, model, the loop, the files."""
 
     def __init__(self, ctx, opts):
-        import nbcnn
-
-        self.opts = opts
         self.state = None
         self.resumed_model = None
+        self.device = loading.resolve_device(opts["device"])
         if opts["resume"] is not None:
-            self.resumed_model = loading.load_model_file(opts["resume"])
+            self.resumed_model = loading.load_model_file(opts["resume"], self.device)
             state = loading.model_metadata(self.resumed_model).get(STATE_KEY)
             if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
                 raise common.UserError(f"{opts['resume']} has no nbcnn training state: only files written "
@@ -237,13 +268,19 @@ class Trainer:
 
             augment.parse_spec(opts["augment"])  # a bad spec fails here, before any work
         self.opts = opts
-        self.device = nbcnn.device.parse_device(opts["device"] or os.environ.get("NBCNN_DEVICE") or "auto")
         out = opts["out"] or (Path(self.state["out"]) if self.state and self.state.get("out")
                               else Path(f"{opts['model']}-{opts['dataset']}.nbcnn"))
         self.paths = _paths(Path(out))
         self.verbose = not opts["quiet"]
+        if self.state is not None:
+            self.history = {k: list(v) for k, v in self.state["history"].items()}
+            self.elapsed_before = float(self.state.get("elapsed_s", 0.0))
+        else:
+            self.history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
+                            "epoch_time_s": [], "images_per_s": []}
+            self.elapsed_before = 0.0
+        self.t_start = time.perf_counter()
 
-    # ------------------------------------------------------------------ output
     def say(self, text=""):
         if self.verbose:
             common.echo(text)
@@ -265,122 +302,80 @@ class Trainer:
         self.x_train, self.y_train = x_tr[:cut], y_tr[:cut]
         self.x_val, self.y_val = x_tr[cut:], y_tr[cut:]
         self.x_test, self.y_test = x_te, y_te
-        self.num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0)) + 1)
-        self.num_classes = max(self.num_classes, len(loading.CLASS_NAMES.get(o["dataset"], [])))
-        self.class_names = (loading.CLASS_NAMES.get(o["dataset"])
-                            or [str(i) for i in range(self.num_classes)])
-
-    def _inputs(self, pixels):
-        return loading.to_inputs(pixels, loading.DEFAULT_PREPROCESS)
+        names = loading.dataset_classes(o["dataset"])
+        self.num_classes = max(int(max(y_tr.max(initial=0), y_te.max(initial=0)) + 1), len(names or []))
+        self.class_names = names or [str(i) for i in range(self.num_classes)]
 
     # ------------------------------------------------------------------ run
     def run(self):
-        import nbcnn
-
         o = self.opts
-        t_start = time.perf_counter()
         self._load_data()
         input_shape = tuple(self.x_train.shape[1:])
         if self.resumed_model is not None:
             model = self.resumed_model
-            to = getattr(model, "to", None)
-            if callable(to):
-                to(self.device)
-            state = self.state
-            epoch, batch = int(state["epoch"]), int(state["batch"])
-            history = {k: list(v) for k, v in state["history"].items()}
-            partial = dict(state.get("partial") or {})
-            elapsed_before = float(state.get("elapsed_s", 0.0))
+            if getattr(model, "device", self.device) != self.device:
+                model.to(self.device)
+            progress = dict(getattr(model, "progress", None) or {})
+            epoch, batch = int(progress.get("epoch", self.state["epoch"])), int(progress.get("batch", 0))
+            if getattr(model, "optimizer", None) is None:
+                raise common.UserError(f"{o['resume']} was saved without optimizer state; it cannot be resumed")
         else:
             model = _build_model(o, input_shape, self.num_classes, self.device)
-            epoch, batch, partial, elapsed_before = 0, 0, {}, 0.0
-            history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
-                       "epoch_time_s": [], "images_per_s": []}
+            epoch, batch = 0, 0
         self.model = model
         n = len(self.x_train)
-        bs = o["batch_size"]
-        nb = math.ceil(n / bs)
-        self._banner(model, epoch, batch, nb)
-        x_val = self._inputs(self.x_val) if len(self.x_val) else None
-        source = self._augmented_source(n) if o["augment"] else None
-        interrupt_after = int(os.environ.get(_INTERRUPT_ENV, "0") or 0)
-        steps_done = 0
+        steps = -(-n // o["batch_size"])
+        self._banner(model, epoch, batch, steps)
+        if epoch >= o["epochs"]:
+            self.say(f"Already trained for {epoch} epochs; pass --epochs N (N > {epoch}) to train longer.")
+        source = self._augmented_source() if o["augment"] else None
         try:
             with _Interrupt() as stop:
-                while epoch < o["epochs"]:
-                    t_epoch = time.perf_counter() - float(partial.get("time_s", 0.0))
-                    loss_sum = float(partial.get("loss_sum", 0.0))
-                    acc_sum = partial.get("acc_sum")
-                    acc_sum = None if acc_sum is None else float(acc_sum)
-                    seen = int(partial.get("seen", 0))
-                    bar = common.ProgressBar(n, label=f"epoch {epoch + 1}/{o['epochs']}",
-                                             enabled=None if self.verbose else False, initial=seen)
-                    for xb, yb in self._batches(source, epoch, batch, nb):
-                        loss, acc = _step(model, xb, yb)
-                        if not math.isfinite(loss):
-                            raise common.UserError(
-                                f"the loss became {loss} at epoch {epoch + 1}, batch {batch + 1}: "
-                                f"lower the learning rate (now {o['lr']})")
-                        k = len(yb)
-                        loss_sum += loss * k
-                        acc_sum = None if acc is None else (acc_sum or 0.0) + acc * k
-                        seen += k
-                        batch += 1
-                        steps_done += 1
-                        bar.update(k, loss=loss_sum / seen,
-                                   acc=None if acc_sum is None else acc_sum / seen)
-                        if interrupt_after and steps_done == interrupt_after:
-                            os.kill(os.getpid(), signal.SIGINT)
-                        if stop.requested and batch < nb:
-                            bar.close()
-                            partial = {"loss_sum": loss_sum, "acc_sum": acc_sum, "seen": seen,
-                                       "time_s": time.perf_counter() - t_epoch}
-                            self._checkpoint(epoch, batch, history, partial,
-                                             elapsed_before + time.perf_counter() - t_start)
-                            return self._stopped(epoch, batch, nb)
-                    bar.close()
-                    dt = time.perf_counter() - t_epoch
-                    history["loss"].append(loss_sum / max(seen, 1))
-                    history["accuracy"].append(None if acc_sum is None else acc_sum / max(seen, 1))
-                    if x_val is not None:
-                        ev = model.evaluate(x_val, self.y_val, batch_size=256)
-                        history["val_loss"].append(float(ev["loss"]))
-                        history["val_accuracy"].append(float(ev.get("accuracy", float("nan"))))
-                    history["epoch_time_s"].append(dt)
-                    history["images_per_s"].append(seen / dt if dt > 0 else None)
-                    epoch, batch, partial = epoch + 1, 0, {}
-                    self._epoch_line(epoch, history)
-                    self._checkpoint(epoch, 0, history, {}, elapsed_before + time.perf_counter() - t_start)
-                    if stop.requested and epoch < o["epochs"]:
-                        return self._stopped(epoch, 0, nb)
+                cbk = _CliCallback(self, stop, steps, n)
+                if source is not None:
+                    source.set_epoch(epoch)
+                    x, y = source, None
+                else:
+                    x, y = self.x_train, self.y_train
+                val = (self.x_val, self.y_val) if len(self.x_val) else None
+                if epoch < o["epochs"]:
+                    model.fit(x, y, epochs=o["epochs"], batch_size=o["batch_size"], validation_data=val,
+                              shuffle=True, callbacks=[cbk], verbose=0, initial_epoch=epoch,
+                              initial_batch=batch)
+                if stop.requested:
+                    prog = model.progress
+                    if int(prog.get("epoch", 0)) < o["epochs"]:
+                        self._checkpoint()
+                        return self._stopped(int(prog["epoch"]), int(prog.get("batch", 0)), steps)
+        except FloatingPointError as exc:
+            raise common.UserError(f"{exc} (now --lr {o['lr']})") from None
         finally:
             if source is not None:
                 source.close()
-        self._finish(model, history, elapsed_before + time.perf_counter() - t_start)
+        self._finish(model)
 
-    def _augmented_source(self, n):
+    def _augmented_source(self):
         from nbcnn import augment
 
         return augment.online_batches(self.x_train, self.y_train, batch_size=self.opts["batch_size"],
                                       augment=self.opts["augment"], seed=self.opts["seed"],
-                                      workers=self.opts["workers"], shuffle=True, to_float=True)
+                                      workers=self.opts["workers"], shuffle=True, to_float=False)
 
-    def _batches(self, source, epoch, start, nb):
-        """Batches ``start..nb-1`` of ``epoch`` as float inputs and int64 labels."""
-        if source is not None:
-            import itertools
-
-            source.set_epoch(epoch)
-            yield from itertools.islice(iter(source), start, None)
-            return
-        order = _epoch_order(self.opts["seed"], epoch, len(self.x_train))
-        bs = self.opts["batch_size"]
-        for b in range(start, nb):
-            idx = order[b * bs:(b + 1) * bs]
-            yield self._inputs(self.x_train[idx]), self.y_train[idx]
+    def record_epoch(self, epoch, logs, seen):
+        h = self.history
+        h["loss"].append(float(logs.get("loss", float("nan"))))
+        h["accuracy"].append(float(logs["accuracy"]) if "accuracy" in logs else None)
+        if "val_loss" in logs:
+            h["val_loss"].append(float(logs["val_loss"]))
+            h["val_accuracy"].append(float(logs.get("val_accuracy", float("nan"))))
+        dt = float(logs.get("time", 0.0))
+        h["epoch_time_s"].append(dt)
+        h["images_per_s"].append(seen / dt if dt > 0 else None)  # this session's part of the epoch
+        self._epoch_line(epoch + 1)
+        self._checkpoint()
 
     # ------------------------------------------------------------------ reporting
-    def _banner(self, model, epoch, batch, nb):
+    def _banner(self, model, epoch, batch, steps):
         o = self.opts
         params = model.count_params() if hasattr(model, "count_params") else None
         what = f"{o['model']}" + (f" ({params:,} parameters)" if params else "")
@@ -391,12 +386,12 @@ class Trainer:
                  f"{o['epochs']} epochs, seed {o['seed']}"
                  + (f", augment {o['augment']} with {o['workers']} workers" if o["augment"] else ""))
         if self.state is not None:
-            where = f"epoch {epoch + 1}, batch {batch + 1}/{nb}" if batch else f"the end of epoch {epoch}"
+            where = f"epoch {epoch + 1} after batch {batch}/{steps}" if batch else f"the end of epoch {epoch}"
             self.say(f"Resuming from {o['resume']} at {where}")
 
-    def _epoch_line(self, epoch, h):
-        o = self.opts
-        parts = [f"epoch {epoch}/{o['epochs']}", f"loss {h['loss'][-1]:.4f}"]
+    def _epoch_line(self, epoch):
+        h = self.history
+        parts = [f"epoch {epoch}/{self.opts['epochs']}", f"loss {h['loss'][-1]:.4f}"]
         if h["accuracy"][-1] is not None:
             parts.append(f"acc {h['accuracy'][-1]:.2%}")
         if h["val_loss"]:
@@ -407,55 +402,58 @@ class Trainer:
         parts.append(f"{h['epoch_time_s'][-1]:.1f} s")
         self.say("  ".join(parts))
 
-    def _train_state(self, epoch, batch, history, partial, elapsed):
-        keep = {k: self.opts[k] for k in (*RUN_OPTIONS, "data_dir", "epochs")}
-        keep["data_dir"] = str(keep["data_dir"]) if keep["data_dir"] is not None else None
-        return {"version": STATE_VERSION, "options": keep, "epoch": epoch, "batch": batch,
-                "history": history, "partial": partial, "elapsed_s": elapsed,
-                "out": str(self.paths["model"])}
+    def _elapsed(self):
+        return self.elapsed_before + time.perf_counter() - self.t_start
 
-    def _checkpoint(self, epoch, batch, history, partial, elapsed):
-        state = self._train_state(epoch, batch, history, partial, elapsed)
-        meta = _metadata(self.opts, self.paths, self.data_info, self.class_names, state)
-        _save(self.model, self.paths["checkpoint"], meta)
+    def _metadata(self, extra=None) -> dict:
+        keep = {k: self.opts[k] for k in (*RUN_OPTIONS, *SOFT_OPTIONS)}
+        keep["data_dir"] = str(self.opts["data_dir"]) if self.opts["data_dir"] is not None else None
+        state = {"version": STATE_VERSION, "options": keep, "epoch": int(self.model.progress.get("epoch", 0)),
+                 "history": self.history, "elapsed_s": self._elapsed(), "out": str(self.paths["model"])}
+        meta = {"dataset": self.opts["dataset"], "class_names": self.class_names,
+                "bundled_sample": self.data_info["bundled_sample"], STATE_KEY: state}
+        meta.update(extra or {})
+        return meta
 
-    def _stopped(self, epoch, batch, nb):
+    def _checkpoint(self):
+        self.model.save(self.paths["checkpoint"], metadata=self._metadata())
+
+    def _stopped(self, epoch, batch, steps):
         ck = self.paths["checkpoint"]
-        where = f"epoch {epoch + 1}, batch {batch}/{nb}" if batch else f"the end of epoch {epoch}"
+        where = f"epoch {epoch + 1} after batch {batch}/{steps}" if batch else f"the end of epoch {epoch}"
         common.notice(f"Stopped at {where}. Checkpoint: {ck}")
         common.notice(f"Resume with: nbcnn train --resume {ck}")
         raise click.exceptions.Exit(common.EXIT_INTERRUPTED)
 
-    def _finish(self, model, history, elapsed):
+    def _finish(self, model):
         o = self.opts
         test = None
         if len(self.x_test):
-            ev = model.evaluate(self._inputs(self.x_test), self.y_test, batch_size=256)
+            ev = model.evaluate(self.x_test, self.y_test, batch_size=256)
             test = {"loss": float(ev["loss"]), "accuracy": float(ev.get("accuracy", float("nan"))),
                     "images": int(len(self.x_test))}
-        state = self._train_state(o["epochs"], 0, history, {}, elapsed)
-        meta = _metadata(o, self.paths, self.data_info, self.class_names, state)
-        meta["test"] = test
-        _save(model, self.paths["model"], meta)
+        elapsed = self._elapsed()
+        model.save(self.paths["model"], metadata=self._metadata({"test": test}))
         ck = self.paths["checkpoint"]
-        if ck.exists() and ck != self.paths["model"]:
+        if ck.exists() and ck.resolve() != self.paths["model"].resolve():
             ck.unlink()
         curves = None
-        if not o["no_plot"]:
+        if not o["no_plot"] and self.history["loss"]:
             from nbcnn import plots
 
             try:
-                curves = plots.plot_history(history, self.paths["curves"],
+                curves = plots.plot_history(self.history, self.paths["curves"],
                                             title=f"{o['model']} on {o['dataset']}")
             except plots.PlotUnavailable as exc:
                 common.notice(f"Notice: no training-curve PNG: {exc}")
         metrics = {
             "model": o["model"], "dataset": o["dataset"], "bundled_sample": self.data_info["bundled_sample"],
             "device": str(self.device), "epochs": o["epochs"], "batch_size": o["batch_size"],
-            "optimizer": o["optimizer"], "lr": o["lr"], "momentum": o["momentum"] if o["optimizer"] == "sgd" else None,
-            "seed": o["seed"], "augment": o["augment"],
+            "optimizer": o["optimizer"], "lr": o["lr"],
+            "momentum": o["momentum"] if o["optimizer"] == "sgd" else None,
+            "seed": o["seed"], "augment": o["augment"], "parameters": model.count_params(),
             "train_images": int(len(self.x_train)), "val_images": int(len(self.x_val)),
-            "history": history, "test": test, "wall_time_s": elapsed,
+            "history": self.history, "test": test, "wall_time_s": elapsed,
             "files": {"model": str(self.paths["model"]), "curves_png": str(curves) if curves else None},
         }
         common.write_json(self.paths["metrics"], metrics)

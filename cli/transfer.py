@@ -48,6 +48,27 @@ def select(x, y, classes, n=None, seed=0):
     return x[idx], remap[y[idx]]
 
 
+class counting_bar:
+    """A progress bar fed with counts (``update(n)`` = n more images), drawn only on a
+    terminal: ``nbcnn.progress.ProgressBar`` underneath, as in the other commands."""
+
+    def __init__(self, total, label=""):
+        from nbcnn.progress import ProgressBar
+        self.bar = ProgressBar(int(total), prefix=label)
+        self.done = 0
+
+    def update(self, n):
+        self.done += int(n)
+        self.bar.update(self.done, items=int(n))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
+
+
 def _default_cache_dir() -> Path:
     from nbcnn import datasets
     return datasets.cache_dir() / "features"
@@ -121,7 +142,7 @@ def transfer(base_path, dataset, data_dir, classes, train_size, train_last, epoc
     status = "none"
     if start > 0:
         label = f"features of {model.layers[start - 1].name}"
-        with common.ProgressBar(len(x_tr) + len(x_te), label=label) as bar:
+        with counting_bar(len(x_tr) + len(x_te), label) as bar:
             if no_cache:
                 f_tr = T.extract_features(model, x_tr, start - 1, progress=bar.update)
                 f_te = T.extract_features(model, x_te, start - 1, progress=bar.update)

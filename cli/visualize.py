@@ -67,7 +67,8 @@ def visualize(model_path, layer, units, k, dataset, data_dir, split, limit, imag
                     f"stride {rf.jump[0]}x{rf.jump[1]}, offset {rf.start[0]},{rf.start[1]}")
     else:
         common.echo(f"layer {li} {lname!r}: {n_units} units; not spatial (each unit sees the whole image)")
-    with common.ProgressBar(len(x), label=f"scanning {dataset} {split}") as bar:
+    from .transfer import counting_bar
+    with counting_bar(len(x), f"scanning {dataset} {split}") as bar:
         res = V.visualize_layer(model, x, li, out_dir, units=units, k=k, scale=scale, batch_size=batch_size,
                                 progress=bar.update)
     # the feature maps of the requested image (visualize_layer draws image 0)

@@ -169,23 +169,6 @@ def test_colours_only_on_a_terminal(monkeypatch):
     assert common.style("x", Tty(), bold=True) == "x"
 
 
-def test_progress_bar_silent_when_not_a_tty():
-    import io
-
-    buf = io.StringIO()
-    bar = common.ProgressBar(100, label="epoch 1/1", stream=buf)
-    bar.update(50, loss=0.5)
-    bar.update(50, loss=0.4)
-    bar.close()
-    assert buf.getvalue() == ""
-    buf = io.StringIO()
-    bar = common.ProgressBar(100, label="epoch 1/1", stream=buf, enabled=True)
-    bar.update(100, loss=0.25)
-    text = buf.getvalue()
-    assert "epoch 1/1" in text and "100/100" in text and "loss 0.2500" in text and "ETA" in text
-    assert "img/s" in text
-
-
 def test_write_json_is_atomic_and_leaves_no_temp(tmp_path):
     p = common.write_json(tmp_path / "sub" / "m.json", {"a": np.float32(1.5), "b": np.arange(3)})
     assert json.loads(p.read_text()) == {"a": 1.5, "b": [0, 1, 2]}
@@ -292,11 +275,3 @@ def test_read_image_converts_resizes_and_inverts(tmp_path):
     assert rgb.shape == (1, 3, 28, 28) and rgb[0, :, 0, 0].tolist() == [255, 255, 255]
     with pytest.raises(common.UserError, match="1- or 3-channel"):
         loading.read_inputs([tmp_path / "d.png"], (2, 28, 28))
-
-
-def test_to_inputs_matches_the_loader_scaling():
-    x = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
-    got = loading.to_inputs(x, loading.DEFAULT_PREPROCESS)
-    expected = x.astype(np.float32) * np.float32(1.0 / 255.0)  # nbcnn.loader's to_float
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, expected)

@@ -1,0 +1,301 @@
+"""``nbcnn train / evaluate / predict / summary`` through click's CliRunner, on tiny real subsets.
+
+Each training run uses a few hundred images and LeNet-5, so the whole file
+costs seconds once the kernels are compiled. Real data comes from
+NBCNN_DATA; without it the bundled MNIST sample (always installed) is used.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import nbcnn
+from cli.main import cli
+
+TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--val-split", "0.2",
+        "--seed", "7"]
+
+
+@pytest.fixture(scope="module")
+def offline_env(tmp_path_factory):
+    """No downloads; the cache points at an empty folder (real data still via NBCNN_DATA)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NBCNN_OFFLINE", "1")
+    mp.setenv("NBCNN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("NBCNN_DEVICE", raising=False)
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def runner(offline_env):
+    return CliRunner()
+
+
+def _mnist_test(n):
+    (_, _), (xt, yt) = nbcnn.datasets.load_mnist(quiet=True)
+    return xt[:n], yt[:n].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, offline_env):
+    """One tiny trained LeNet-5 shared by the evaluate/predict tests."""
+    d = tmp_path_factory.mktemp("trained")
+    res = CliRunner().invoke(cli, ["train", "--epochs", "1", *TINY, "--out", str(d / "m.nbcnn")])
+    assert res.exit_code == 0, res.output
+    return d / "m.nbcnn", res
+
+
+def _same_weights(a, b):
+    wa, wb = nbcnn.load_model(a).get_weights(), nbcnn.load_model(b).get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+# ---------------------------------------------------------------- train
+
+def test_train_writes_model_metrics_and_curves(trained):
+    path, res = trained
+    out = res.output
+    assert "Training lenet5 (61,706 parameters) on mnist" in out
+    assert "240 train / 60 validation / 100 test images" in out
+    assert "epoch 1/1  loss " in out and "val_acc " in out
+    assert "\r" not in out and "\x1b[" not in out  # not a terminal: no progress bar, no colours
+    metrics = json.loads(path.with_name("m.metrics.json").read_text())
+    h = metrics["history"]
+    assert len(h["loss"]) == len(h["val_accuracy"]) == 1
+    assert metrics["epochs"] == 1 and metrics["seed"] == 7 and metrics["parameters"] == 61706
+    # The reported test accuracy is what the saved model really scores on those images.
+    model = nbcnn.load_model(path)
+    xt, yt = _mnist_test(100)
+    pred = model.predict(xt).argmax(axis=1)
+    assert metrics["test"]["accuracy"] == pytest.approx(float(np.mean(pred == yt)))
+    assert f"test accuracy {metrics['test']['accuracy']:.2%}" in out
+    assert model.metadata["dataset"] == "mnist"
+    assert not path.with_name("m.ckpt.nbcnn").exists()  # the checkpoint is gone once the model is written
+    if nbcnn.plots.matplotlib_available():
+        from PIL import Image
+
+        with Image.open(path.with_name("m.curves.png")) as im:
+            assert im.format == "PNG"
+
+
+def test_train_same_seed_same_weights(runner, tmp_path, trained):
+    path, _ = trained
+    res = runner.invoke(cli, ["train", "--epochs", "1", *TINY, "--out", str(tmp_path / "again.nbcnn"), "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert _same_weights(path, tmp_path / "again.nbcnn")
+
+
+@pytest.mark.parametrize("n_batches", [5, 3], ids=["end-of-epoch-1", "mid-epoch-1"])
+def test_ctrl_c_then_resume_matches_an_uninterrupted_run(runner, tmp_path, monkeypatch, n_batches):
+    """A real SIGINT (sent by the test hook after N batches) -> checkpoint -> --resume -> same bits.
+
+    240 training images at batch 50 make 5 batches per epoch: N=5 stops at the
+    end of epoch 1, N=3 in its middle.
+    """
+    args = ["train", "--epochs", "2", *TINY, "--no-plot"]
+    res = runner.invoke(cli, [*args, "--out", str(tmp_path / "full.nbcnn")])
+    assert res.exit_code == 0, res.output
+    monkeypatch.setenv("NBCNN_TEST_INTERRUPT_AFTER", str(n_batches))
+    res = runner.invoke(cli, [*args, "--out", str(tmp_path / "cut.nbcnn")])
+    assert res.exit_code == 130, res.output
+    ckpt = tmp_path / "cut.ckpt.nbcnn"
+    assert ckpt.exists() and not (tmp_path / "cut.nbcnn").exists()
+    assert f"Resume with: nbcnn train --resume {ckpt}" in res.output
+    monkeypatch.delenv("NBCNN_TEST_INTERRUPT_AFTER")
+    res = runner.invoke(cli, ["train", "--resume", str(ckpt)])
+    assert res.exit_code == 0, res.output
+    assert "Resuming from" in res.output
+    assert _same_weights(tmp_path / "full.nbcnn", tmp_path / "cut.nbcnn")
+    full = json.loads((tmp_path / "full.metrics.json").read_text())
+    cut = json.loads((tmp_path / "cut.metrics.json").read_text())
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert full["history"][key] == cut["history"][key], key
+    assert full["test"] == cut["test"]
+    assert not ckpt.exists()
+
+
+def test_resume_a_finished_model_for_more_epochs(runner, tmp_path, trained):
+    path, _ = trained
+    longer = tmp_path / "longer.nbcnn"
+    res = runner.invoke(cli, ["train", "--epochs", "2", *TINY, "--no-plot", "--out", str(tmp_path / "two.nbcnn")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["train", "--resume", str(path), "--epochs", "2", "--out", str(longer), "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert "epoch 2/2" in res.output and "epoch 1/2" not in res.output
+    assert _same_weights(tmp_path / "two.nbcnn", longer)
+
+
+def test_train_on_the_bundled_sample_with_a_notice(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("NBCNN_DATA", str(tmp_path / "empty"))
+    res = runner.invoke(cli, ["train", "--epochs", "1", "--train-size", "100", "--test-size", "50",
+                              "--no-plot", "--out", str(tmp_path / "s.nbcnn")])
+    assert res.exit_code == 0, res.output
+    assert "bundled sample" in res.output  # the library's notice (stderr) and our banner
+    assert json.loads((tmp_path / "s.metrics.json").read_text())["bundled_sample"] is True
+
+
+def test_train_defaults(runner, tmp_path, monkeypatch):
+    """No options: LeNet-5, MNIST, adam, 10 epochs, written to ./lenet5-mnist.nbcnn (checked via --help
+    and a dry look at the option defaults, not a 10-epoch run)."""
+    from cli.train import train
+
+    defaults = {p.name: p.default for p in train.params}
+    assert defaults["model"] == "lenet5" and defaults["dataset"] == "mnist"
+    assert defaults["epochs"] >= 1 and defaults["out"] is None
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(cli, ["train", "--epochs", "1", "--train-size", "100", "--test-size", "20", "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert Path("lenet5-mnist.nbcnn").exists() and Path("lenet5-mnist.metrics.json").exists()
+    assert "seed " in res.output  # a fresh seed is printed so the run can be repeated
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["--optimizer", "rmsprop"], 2, "'rmsprop' is not one of"),
+    (["--epochs", "0"], 2, "0 is not in the range"),
+    (["--model", "resnet50"], 1, "unknown model 'resnet50'"),
+    (["--model", "vgg16"], 1, "cannot take mnist's 1x28x28 images"),
+    (["--data-dir", "/nonexistent/folder"], 1, "data folder not found"),
+    (["--resume", "/nonexistent/ckpt.nbcnn"], 1, "model file not found"),
+    (["--augment", "spin=3"], 1, "unknown augmentation 'spin'"),
+    (["--dataset", "fashion-mnist", "--data-dir", "."], 1, "no fashion-mnist data there"),
+])
+def test_train_user_errors_are_one_line(runner, tmp_path, monkeypatch, args, code, text):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(cli, ["train", "--epochs", "1", "--train-size", "100", *args])
+    assert res.exit_code == code, res.output
+    assert text in res.output
+    assert "Traceback" not in res.output
+    if code == 1:
+        assert res.output.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_train_device_cuda_without_gpu(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(nbcnn.device, "gpu_status", lambda: (False, "no GPU here (test)"))
+    monkeypatch.setattr(nbcnn.device, "cuda_simulator_enabled", lambda: False)
+    res = runner.invoke(cli, ["train", "--device", "cuda", "--out", str(tmp_path / "x.nbcnn")])
+    assert res.exit_code == 1
+    assert res.output.strip() == "Error: device cuda:0 is not usable: no GPU here (test)"
+
+
+def test_resume_rejects_a_changed_run_and_foreign_files(runner, trained, tmp_path):
+    path, _ = trained
+    res = runner.invoke(cli, ["train", "--resume", str(path), "--epochs", "2", "--batch-size", "64"])
+    assert res.exit_code == 1 and "--batch-size 50" in res.output
+    plain = tmp_path / "plain.nbcnn"
+    nbcnn.zoo.lenet5(seed=0).save(plain)
+    res = runner.invoke(cli, ["train", "--resume", str(plain)])
+    assert res.exit_code == 1 and "has no nbcnn training state" in res.output
+
+
+# ---------------------------------------------------------------- evaluate
+
+def test_evaluate_reports_true_accuracy_table_and_confusion(runner, trained, tmp_path):
+    path, _ = trained
+    js = tmp_path / "ev.json"
+    png = tmp_path / "cm.png"
+    res = runner.invoke(cli, ["evaluate", str(path), "--limit", "200", "--json", str(js), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(js.read_text())
+    xt, yt = _mnist_test(200)
+    probs = nbcnn.load_model(path).predict(xt)
+    pred = probs.argmax(axis=1)
+    assert report["accuracy"] == pytest.approx(float(np.mean(pred == yt)))
+    assert report["loss"] == pytest.approx(float(-np.mean(np.log(probs[np.arange(200), yt]))), rel=1e-5)
+    cm = np.array(report["confusion_matrix"])
+    assert cm.sum() == 200 and np.trace(cm) == int(np.sum(pred == yt))
+    for row in report["per_class"]:
+        k = row["class"]
+        assert row["support"] == int(np.sum(yt == k))
+        assert row["errors"] == int(np.sum((yt == k) & (pred != k)))
+    assert f"accuracy  {report['accuracy']:.2%}" in res.output
+    assert len([ln for ln in res.output.splitlines() if ln[:1].isdigit()]) == 10  # one row per digit
+    if nbcnn.plots.matplotlib_available():
+        assert png.exists()
+
+
+def test_evaluate_json_to_stdout(runner, trained):
+    path, _ = trained
+    res = runner.invoke(cli, ["evaluate", str(path), "--limit", "50", "--json", "-", "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["images"] == 50
+
+
+def test_evaluate_errors(runner, tmp_path):
+    res = runner.invoke(cli, ["evaluate", str(tmp_path / "missing.nbcnn")])
+    assert res.exit_code == 1 and "model file not found" in res.output
+    bad = tmp_path / "bad.nbcnn"
+    bad.write_bytes(b"PK\x03\x04 this is not a zip")
+    res = runner.invoke(cli, ["evaluate", str(bad)])
+    assert res.exit_code == 1 and res.output.startswith("Error: cannot load model") and "bad.nbcnn" in res.output
+    # A model for 32x32 inputs cannot be evaluated on 28x28 MNIST.
+    m32 = tmp_path / "m32.nbcnn"
+    nbcnn.zoo.lenet5(input_shape=(1, 32, 32), seed=0).save(m32)
+    res = runner.invoke(cli, ["evaluate", str(m32), "--limit", "10"])
+    assert res.exit_code == 1 and "expects inputs of shape (1, 32, 32)" in res.output
+
+
+# ---------------------------------------------------------------- predict
+
+def test_predict_images_and_arrays(runner, trained, tmp_path):
+    from PIL import Image
+
+    path, _ = trained
+    xt, _ = _mnist_test(3)
+    np.save(tmp_path / "three.npy", xt)
+    Image.fromarray(xt[0, 0]).save(tmp_path / "digit.png")
+    res = runner.invoke(cli, ["predict", str(path), str(tmp_path / "three.npy"), str(tmp_path / "digit.png"),
+                              "--json", "-k", "3"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert [r["input"].rsplit("/", 1)[-1] for r in out] == ["three.npy[0]", "three.npy[1]", "three.npy[2]",
+                                                            "digit.png"]
+    probs = nbcnn.load_model(path).predict(xt)
+    for r, p in zip(out, probs):
+        top = np.argsort(-p, kind="stable")[:3]
+        assert [t["class"] for t in r["top"]] == top.tolist()
+        assert [t["probability"] for t in r["top"]] == pytest.approx(p[top].tolist())
+    # The PNG holds the same pixels as the first array (batch size may change the last bits).
+    assert [t["class"] for t in out[3]["top"]] == [t["class"] for t in out[0]["top"]]
+    assert [t["probability"] for t in out[3]["top"]] == pytest.approx([t["probability"] for t in out[0]["top"]])
+    res = runner.invoke(cli, ["predict", str(path), str(tmp_path / "digit.png"), "-k", "2"])
+    assert res.exit_code == 0
+    assert res.output.startswith(str(tmp_path / "digit.png")) and res.output.count("%") == 2
+
+
+def test_predict_errors(runner, trained, tmp_path, monkeypatch):
+    path, _ = trained
+    np.save(tmp_path / "rgb.npy", np.zeros((3, 32, 32), np.float32))
+    res = runner.invoke(cli, ["predict", str(path), str(tmp_path / "rgb.npy")])
+    assert res.exit_code == 1
+    assert res.output.strip() == (f"Error: {tmp_path / 'rgb.npy'} has shape (3, 32, 32) but the model expects "
+                                  "(1, 28, 28) per sample (or a batch (N, 1, 28, 28))")
+    res = runner.invoke(cli, ["predict", str(path), str(tmp_path / "nope.png")])
+    assert res.exit_code == 1 and "input file not found" in res.output
+    res = runner.invoke(cli, ["predict", str(path)])
+    assert res.exit_code == 2 and "Missing argument" in res.output
+    monkeypatch.setattr(nbcnn.device, "gpu_status", lambda: (False, "no GPU here (test)"))
+    monkeypatch.setattr(nbcnn.device, "cuda_simulator_enabled", lambda: False)
+    res = runner.invoke(cli, ["predict", str(path), str(tmp_path / "rgb.npy"), "--device", "cuda"])
+    assert res.exit_code == 1 and "not usable: no GPU here (test)" in res.output
+
+
+# ---------------------------------------------------------------- summary
+
+def test_summary_zoo_names_and_files(runner, trained):
+    res = runner.invoke(cli, ["summary", "lenet5"])
+    assert res.exit_code == 0, res.output
+    assert "Total params: 61,706" in res.output and "Output Shape" in res.output
+    res = runner.invoke(cli, ["summary", "vgg16"])
+    assert res.exit_code == 0 and "Total params: 138,357,544" in res.output
+    res = runner.invoke(cli, ["summary", "alexnet", "--classes", "10"])
+    assert res.exit_code == 0 and "(None, 10)" in res.output
+    path, _ = trained
+    res = runner.invoke(cli, ["summary", str(path)])
+    assert res.exit_code == 0 and "Total params: 61,706" in res.output
+    res = runner.invoke(cli, ["summary", "resnet"])
+    assert res.exit_code == 1 and "unknown model 'resnet'" in res.output and "lenet5" in res.output
