@@ -397,11 +397,13 @@ def fit_head(model, features, y, *, start=None, validation_data=None, epochs=10,
         kw["device"] = model.device
     head = Sequential(layers[start:], **kw)
     head.build(tuple(feats.shape[1:]))
-    opt = optimizer
-    if lr is not None:
+    def make_opt():
+        if lr is None:
+            return optimizer
         from . import optim
-        opt = {"sgd": optim.SGD, "adam": optim.Adam}[str(optimizer).lower()](lr=lr)
-    head.compile(loss=loss, optimizer=opt, metrics=["accuracy"])
+        return {"sgd": optim.SGD, "adam": optim.Adam}[str(optimizer).lower()](lr=lr)
+
+    head.compile(loss=loss, optimizer=make_opt(), metrics=["accuracy"])
     try:
         return head.fit(feats, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
                         callbacks=callbacks, verbose=verbose)
@@ -409,3 +411,5 @@ def fit_head(model, features, y, *, start=None, validation_data=None, epochs=10,
         if hasattr(model, "_flat"):
             # the head's weights now live in its own buffer: the model re-gathers them on next use
             model._flat = None
+        if getattr(model, "loss", True) is None and hasattr(model, "compile"):
+            model.compile(loss=loss, optimizer=make_opt())  # ready to evaluate, save, fine-tune
