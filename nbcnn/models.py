@@ -431,6 +431,29 @@ class Sequential:
 
     def _train_step(self, xb, yb):
         """One optimiser step on a prepared batch; returns (mean loss, number correct or -1)."""
+        loss, out = self._forward_backward(xb, yb)
+        if self._ranges:
+            self.optimizer.step(self._flat, self._gflat, self._ranges)
+        correct = self._correct(out, yb) if self.metrics else -1
+        return loss, correct
+
+    def gradients(self, x, y) -> tuple[float, list]:
+        """``(loss, grads)`` for one batch without updating anything; ``grads`` follows
+        ``get_weights()`` order (None for frozen layers' weights). For checks and research code."""
+        if self.loss is None:
+            raise RuntimeError("call model.compile(...) before gradients()")
+        x = self._check_x(x, "gradients")
+        y = self._check_y(y, x.shape[0], "gradients")
+        self.build()
+        with self.device.activate():
+            loss, _ = self._forward_backward(self._to_batch(x), self._to_labels(y))
+        grads = []
+        for i, layer in enumerate(self.layers):
+            live = layer.trainable and i >= self._first
+            grads += [to_numpy(g).copy() if live else None for g in layer.grads]
+        return loss, grads
+
+    def _forward_backward(self, xb, yb):
         self._update_trainable()
         self._ensure_grads()
         fuse = self.loss.expects_logits
@@ -450,10 +473,7 @@ class Sequential:
                     layer.activation = "softmax"
             else:
                 g = layer.backward(g)
-        if self._ranges:
-            self.optimizer.step(self._flat, self._gflat, self._ranges)
-        correct = self._correct(out, yb) if self.metrics else -1
-        return loss, correct
+        return loss, out
 
     def _correct(self, out, yb) -> int:
         if out.ndim != 2:
