@@ -165,6 +165,10 @@ def guarded(func, *args, **kwargs):
     """
     try:
         return func(*args, **kwargs)
+    except UserError:
+        if verbose_requested():
+            traceback.print_exc()
+        raise
     except (click.exceptions.Exit, click.Abort, click.ClickException):
         raise
     except KeyboardInterrupt:
