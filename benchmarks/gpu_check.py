@@ -229,7 +229,7 @@ def launch_overhead():
     res = {}
 
     def ours():
-        k(out.size, g, 1, 1, out)
+        k.grid3(16, 4, 1, g, 1, 1, out)
 
     def plain():  # kernel[grid, block](cupy arrays): Numba syncs the stream the arrays name
         k.jit[1, 256](g, 1, 1, out)
@@ -627,7 +627,8 @@ def summary():
         lines.append(f"| first call, all kernels | f32 {RESULTS['first_call_s_float32']} s, "
                      f"f64 {RESULTS.get('first_call_s_float64')} s |")
     if RESULTS.get("launch_us"):
-        lines.append("| launch overhead (host) | " + ", ".join(f"{k} {v} us" for k, v in RESULTS["launch_us"].items()) + " |")
+        us = ", ".join(f"{k} {v} us" for k, v in RESULTS["launch_us"].items())
+        lines.append(f"| launch overhead (host) | {us} |")
     corr = RESULTS.get("correctness") or []
     if corr:
         bad = [c for c in corr if not c["ok"]]

@@ -95,7 +95,7 @@ def assert_close(got, want, dtype, what):
 CONV_CASES = [
     pytest.param(1, 1, 5, 5, 1, 3, 3, 1, 0, np.float32, id="N1-C1-3x3"),
     pytest.param(2, 3, 7, 6, 4, 3, 2, (2, 1), "same", np.float32, id="rect-same-stride21"),
-    pytest.param(2, 2, 6, 7, 3, 3, 3, 2, "full", np.float32, id="full-stride2"),
+    pytest.param(3, 2, 6, 7, 3, 3, 3, 2, "full", np.float32, id="N3-full-stride2"),  # N > 2 sim blocks along z
     pytest.param(1, 2, 5, 5, 2, 2, 3, (1, 2), (1, 0), np.float32, id="pair-pad-stride12"),
     pytest.param(2, 1, 6, 6, 2, 1, 1, 1, "valid", np.float32, id="1x1-valid"),
     pytest.param(1, 2, 4, 5, 3, 4, 5, 1, 0, np.float32, id="kernel-equals-input"),

@@ -27,75 +27,89 @@ _GEO = (I64,) * 8  # kh, kw, sh, sw, pt, pl, Ho, Wo
 
 @kernel(lambda f: (arr(f, 4), *_GEO, arr(f, 2)))
 def _im2col(x, kh, kw, sh, sw, pt, pl, Ho, Wo, col):
-    """col[(c*kh + i)*kw + j, n*P + oh*Wo + ow] = x[n, c, oh*sh - pt + i, ow*sw - pl + j] (0 outside)."""
+    """col[(c*kh + i)*kw + j, n*P + oh*Wo + ow] = x[n, c, oh*sh - pt + i, ow*sw - pl + j] (0 outside).
+
+    Grid: threads along x over output pixels p, blocks along y over col rows r = (c, i, j),
+    along z over images n (all grid-stride), so each element costs one division.
+    """
     N, C, H, W = x.shape
     P = Ho * Wo
-    NP = N * P
-    total = col.shape[0] * NP
+    R = col.shape[0]
     khw = kh * kw
-    for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-        r = t // NP
-        q = t - r * NP
-        n = q // P
-        p = q - n * P
-        oh = p // Wo
-        ow = p - oh * Wo
+    p0 = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    pstep = cuda.gridDim.x * cuda.blockDim.x
+    for r in range(cuda.blockIdx.y, R, cuda.gridDim.y):
         c = r // khw
         ij = r - c * khw
         i = ij // kw
         j = ij - i * kw
-        ih = oh * sh - pt + i
-        iw = ow * sw - pl + j
-        if 0 <= ih < H and 0 <= iw < W:
-            col[r, q] = x[n, c, ih, iw]
-        else:
-            col[r, q] = 0
+        for n in range(cuda.blockIdx.z, N, cuda.gridDim.z):
+            q0 = n * P
+            for p in range(p0, P, pstep):
+                oh = p // Wo
+                ih = oh * sh - pt + i
+                iw = (p - oh * Wo) * sw - pl + j
+                if 0 <= ih < H and 0 <= iw < W:
+                    col[r, q0 + p] = x[n, c, ih, iw]
+                else:
+                    col[r, q0 + p] = 0
 
 
 @kernel(lambda f: (arr(f, 2), *_GEO, arr(f, 4)))
 def _col2im(col, kh, kw, sh, sw, pt, pl, Ho, Wo, gx):
-    """Gather: gx[n, c, h, w] = sum of the col entries im2col copied from (n, c, h, w)."""
+    """Gather: gx[n, c, h, w] = sum of the col entries im2col copied from (n, c, h, w).
+
+    Grid: threads along x over pixels h*W + w, blocks along y over channels c, along z over
+    images n. Rows i with (h + pt - i) divisible by sh are i0, i0 + sh, ...; their output
+    rows oh count down by one from (h + pt - i0) / sh (same for columns), so the inner
+    loops need no division.
+    """
     N, C, H, W = gx.shape
     P = Ho * Wo
-    total = N * C * H * W
-    for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-        w = t % W
-        r = t // W
-        h = r % H
-        r = r // H
-        c = r % C
-        n = r // C
-        hp = h + pt
-        wp = w + pl
-        s = gx.dtype.type(0)
-        # rows i with (hp - i) divisible by sh and 0 <= oh = (hp - i) / sh < Ho
-        for i in range(hp % sh, min(kh, hp + 1), sh):
-            oh = (hp - i) // sh
-            if oh >= Ho:
-                continue
-            rbase = (c * kh + i) * kw
-            qbase = n * P + oh * Wo
-            for j in range(wp % sw, min(kw, wp + 1), sw):
-                ow = (wp - j) // sw
-                if ow < Wo:
-                    s += col[rbase + j, qbase + ow]
-        gx[n, c, h, w] = s
+    HW = H * W
+    t0 = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    tstep = cuda.gridDim.x * cuda.blockDim.x
+    for c in range(cuda.blockIdx.y, C, cuda.gridDim.y):
+        for n in range(cuda.blockIdx.z, N, cuda.gridDim.z):
+            for t in range(t0, HW, tstep):
+                h = t // W
+                w = t - h * W
+                hp = h + pt
+                wp = w + pl
+                i0 = hp % sh
+                j0 = wp % sw
+                oh_top = (hp - i0) // sh
+                ow_top = (wp - j0) // sw
+                s = gx.dtype.type(0)
+                oh = oh_top
+                for i in range(i0, min(kh, hp + 1), sh):
+                    if oh < Ho:
+                        rbase = (c * kh + i) * kw
+                        qbase = n * P + oh * Wo
+                        ow = ow_top
+                        for j in range(j0, min(kw, wp + 1), sw):
+                            if ow < Wo:
+                                s += col[rbase + j, qbase + ow]
+                            ow -= 1
+                    oh -= 1
+                gx[n, c, h, w] = s
 
 
 @kernel(lambda f: (arr(f, 2), arr(f, 1), arr(f, 3)))
 def _kn_to_nk_bias(y2, b, y):
-    """(K, N*P) GEMM result -> (N, K, P) output, adding the bias on the way."""
+    """(K, N*P) GEMM result -> (N, K, P) output, adding the bias on the way (x: p, y: k, z: n)."""
     N, K, P = y.shape
-    total = N * K * P
-    for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-        p = t % P
-        r = t // P
-        k = r % K
-        n = r // K
-        y[n, k, p] = y2[k, n * P + p] + b[k]
+    p0 = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    pstep = cuda.gridDim.x * cuda.blockDim.x
+    for k in range(cuda.blockIdx.y, K, cuda.gridDim.y):
+        bk = b[k]
+        for n in range(cuda.blockIdx.z, N, cuda.gridDim.z):
+            q0 = n * P
+            for p in range(p0, P, pstep):
+                y[n, k, p] = y2[k, q0 + p] + bk
 
 
-@kernel(lambda f: (arr(f, 3), arr(f, 2), arr(f, 1)), fixed_tpb=RED_TPB)
+@kernel(lambda f: (arr(f, 3), arr(f, 2), arr(f, 1)))
 def _nk_to_kn_bias_grad(gy, out, gb):
     """One block per filter k: out[k, n*P + p] = gy[n, k, p] and gb[k] = their sum.
 
@@ -142,7 +156,7 @@ def _col(x, w_shape, stride, pads, geo, out=None):
     xp = xp_of(x)
     R, NP = C * kh * kw, N * Ho * Wo
     col = out if out is not None else xp.empty((R, NP), dtype=x.dtype)
-    _im2col(R * NP, x, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
+    _im2col.grid3(Ho * Wo, R, N, x, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
     return col
 
 
@@ -164,7 +178,7 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
     y2 = xp.matmul(w.reshape(K, R), col)
     bias = b if b is not None else xp.zeros(K, dtype=x.dtype)
     y = xp.empty((N, K, Ho, Wo), dtype=x.dtype)
-    _kn_to_nk_bias(y.size, y2, bias, y.reshape(N, K, Ho * Wo))
+    _kn_to_nk_bias.grid3(Ho * Wo, K, N, y2, bias, y.reshape(N, K, Ho * Wo))
     return y
 
 
@@ -185,5 +199,5 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     if need_gx:
         gcol = xp.matmul(w.reshape(K, R).T, gyT)
         gx = xp.empty(x.shape, dtype=x.dtype)
-        _col2im(gx.size, gcol, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
+        _col2im.grid3(x.shape[2] * x.shape[3], C, N, gcol, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
     return gx, gw, gb

@@ -1,8 +1,9 @@
 """How the CUDA kernels are launched, on a real GPU and under the Numba CUDA simulator.
 
-Every kernel in this package is a grid-stride loop over its output elements,
-so one kernel works for any grid size. That lets the two worlds differ only in
-the grid:
+Every kernel in this package loops grid-stride over its output in all grid
+dimensions (threads along x over pixels, blocks along y/z over channels or
+images), so one kernel works for any grid size. That lets the two worlds
+differ only in the grid:
 
 * **GPU**: CuPy arrays, ``TPB`` threads per block and enough blocks to cover
   the work (capped; the loop does the rest). Kernels run on CuPy's current
@@ -11,9 +12,10 @@ the grid:
   stream Numba synchronises the host with it on every launch, which would
   serialise the whole training step. Ordering is already guaranteed because
   CuPy's GEMMs and our kernels share one stream.
-* **Simulator** (``NUMBA_ENABLE_CUDASIM=1``): NumPy arrays and a tiny fixed
-  grid (``SIM_BLOCKS`` x ``SIM_TPB``), because the simulator spends ~1 ms
-  per simulated thread; two blocks so that block-index arithmetic is exercised.
+* **Simulator** (``NUMBA_ENABLE_CUDASIM=1``): NumPy arrays and a tiny grid
+  (at most ``SIM_BLOCKS`` blocks per dimension of ``SIM_TPB`` threads), because
+  the simulator spends ~1 ms per simulated thread; two blocks per dimension so
+  that the block-index arithmetic and every grid-stride loop are exercised.
 
 :data:`launches` counts launches per kernel (tests use it to prove the CUDA
 path ran); :data:`KERNELS` lists every kernel with a signature builder so the
@@ -32,7 +34,8 @@ SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
 TPB = 256            # threads per block on a GPU (a multiple of the warp size)
 MAX_BLOCKS = 8192    # grid-stride loops cover the rest; ~4 waves on an H100
-SIM_TPB = 8          # simulator: 2 blocks of 8 threads, ~16 ms per launch
+MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
+SIM_TPB = 8          # simulator: <= 2 blocks per grid dimension of 8 threads each
 SIM_BLOCKS = 2
 
 launches: collections.Counter = collections.Counter()
@@ -97,25 +100,31 @@ class Kernel:
     float64), used only by the PTX compile check (kernels compile lazily).
     """
 
-    def __init__(self, fn, signature, fixed_tpb: int | None = None):
+    def __init__(self, fn, signature):
         self.name = fn.__name__
         self.py_func = fn
         self.signature = signature
-        self.fixed_tpb = fixed_tpb
         self.jit = cuda.jit(cache=True)(fn)
         KERNELS.append(self)
 
-    def __call__(self, work: int, *args):
-        """Launch over ``work`` output elements (grid-stride loops cover any grid)."""
-        tpb = self.fixed_tpb or TPB
-        blocks = min(max((work + tpb - 1) // tpb, 1), MAX_BLOCKS)
-        self.launch(blocks, tpb, *args)
+    def grid3(self, nx: int, ny: int, nz: int, *args):
+        """Launch a 3-D grid: threads along x cover ``nx`` items, blocks along y and z cover ``ny``, ``nz``.
 
-    def launch(self, blocks: int, tpb: int, *args):
-        """Launch with an explicit grid (shrunk to the simulator's tiny grid there)."""
+        For kernels that loop over y and z by block index (grid-stride in all three), so the
+        per-element index arithmetic is one division instead of five. Blocks are as narrow as
+        ``nx`` allows (a multiple of the warp size, at most TPB).
+        """
+        tpb = min(TPB, max(32, -(-nx // 32) * 32))
+        bx = min(max(-(-nx // tpb), 1), MAX_BLOCKS)
+        self.launch((bx, min(max(ny, 1), MAX_GRID_YZ), min(max(nz, 1), MAX_GRID_YZ)), tpb, *args)
+
+    def launch(self, blocks, tpb: int, *args):
+        """Launch with an explicit grid (an int or a 3-tuple; shrunk to a tiny grid under the simulator)."""
         launches[self.name] += 1
         if SIMULATOR:
-            self.jit[min(blocks, SIM_BLOCKS), min(tpb, SIM_TPB)](*args)
+            sim = (min(blocks, SIM_BLOCKS) if isinstance(blocks, int)
+                   else tuple(min(b, SIM_BLOCKS) for b in blocks))
+            self.jit[sim, min(tpb, SIM_TPB)](*args)
             return
         dev = None
         conv = []
@@ -141,9 +150,9 @@ class Kernel:
             cfg(*conv)
 
 
-def kernel(signature, fixed_tpb: int | None = None):
+def kernel(signature):
     """Decorator: compile ``fn`` with ``@cuda.jit(cache=True)`` and register it (see :class:`Kernel`)."""
     def wrap(fn):
-        return Kernel(fn, signature, fixed_tpb)
+        return Kernel(fn, signature)
 
     return wrap
