@@ -45,8 +45,9 @@ def normalise_zoo_name(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def build_zoo_model(name: str, **kwargs):
-    """Build ``nbcnn.zoo.<name>(**kwargs)``; only the keyword arguments it accepts are passed."""
+def build_zoo_model(name: str, strict=(), **kwargs):
+    """Build ``nbcnn.zoo.<name>(**kwargs)``; only the keyword arguments it accepts are passed,
+    except that a value given for a name in ``strict`` must be accepted (a user option)."""
     import inspect
 
     from nbcnn import zoo
@@ -59,6 +60,9 @@ def build_zoo_model(name: str, **kwargs):
     try:
         params = inspect.signature(fn).parameters
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for k in strict:
+            if kwargs.get(k) is not None and not accepts_any and k not in params:
+                raise UserError(f"--{k.replace('_', '-')} does not apply to model {key}")
         kwargs = {k: v for k, v in kwargs.items()
                   if v is not None and (accepts_any or k in params)}
     except (TypeError, ValueError):

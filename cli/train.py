@@ -35,8 +35,8 @@ STATE_VERSION = 1
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
 
 # Options that define the run: a resumed run must use the same values.
-RUN_OPTIONS = ("model", "dataset", "batch_size", "optimizer", "lr", "momentum", "seed", "val_split",
-               "train_size", "augment")
+RUN_OPTIONS = ("model", "activation", "pooling", "dataset", "batch_size", "optimizer", "lr", "schedule",
+               "momentum", "seed", "val_split", "train_size", "augment")
 # Options a resumed run takes from the checkpoint unless given again (they do not change the weights).
 SOFT_OPTIONS = ("epochs", "test_size", "no_plot", "workers")
 
@@ -108,14 +108,15 @@ def _differs(a, b) -> bool:
     return a != b
 
 
-def _build_model(opts, input_shape, num_classes, device):
+def _build_model(opts, input_shape, num_classes, device, steps_per_epoch):
     import nbcnn
 
     nbcnn.seed(opts["seed"])
     try:
         with nbcnn.using_device(device):
-            model = loading.build_zoo_model(opts["model"], num_classes=num_classes, input_shape=input_shape,
-                                            device=device, seed=opts["seed"])
+            model = loading.build_zoo_model(opts["model"], strict=("activation", "pooling"), num_classes=num_classes, input_shape=input_shape,
+                                            device=device, seed=opts["seed"], activation=opts["activation"],
+                                            pooling=opts["pooling"])
     except ValueError as exc:
         c, h, w = input_shape
         raise common.UserError(f"model {opts['model']} cannot take {opts['dataset']}'s {c}x{h}x{w} images "
@@ -129,10 +130,13 @@ def _build_model(opts, input_shape, num_classes, device):
         model.to(device)
     from nbcnn import optim
 
+    lr = opts["lr"]
+    if opts["schedule"] == "cosine":  # decays to 0 over the whole run (kept when resumed)
+        lr = optim.CosineDecay(lr, opts["epochs"] * steps_per_epoch)
     if opts["optimizer"] == "sgd":
-        opt = optim.SGD(opts["lr"], momentum=opts["momentum"])
+        opt = optim.SGD(lr, momentum=opts["momentum"])
     else:
-        opt = optim.Adam(opts["lr"])
+        opt = optim.Adam(lr)
     model.compile(loss="cross_entropy", optimizer=opt, metrics=["accuracy"])
     return model
 
@@ -150,6 +154,10 @@ EPILOG = common.examples(
 @click.command(epilog=EPILOG)
 @click.option("--model", default="lenet5", show_default=True,
               help="Zoo model to train (see `nbcnn summary NAME`).")
+@click.option("--activation", type=click.Choice(["tanh", "relu", "sigmoid"]), default=None,
+              help="LeNet-5's activation [default: the zoo's, tanh as in the paper].")
+@click.option("--pooling", type=click.Choice(["avg", "max"]), default=None,
+              help="LeNet-5's pooling [default: the zoo's, avg as in the paper].")
 @click.option("--dataset", type=click.Choice(loading.DATASETS, case_sensitive=False), default="mnist",
               show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -159,6 +167,8 @@ EPILOG = common.examples(
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Learning rate [default: 0.001 for adam, 0.05 for sgd].")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="Learning-rate schedule: cosine decays to 0 over all epochs.")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
               help="SGD momentum.")
 @click.option("--device", default=None, metavar="auto|cpu|cuda",
@@ -172,7 +182,8 @@ EPILOG = common.examples(
 @click.option("--test-size", type=click.IntRange(min=1), default=None,
               help="Use only the first N test images for the final accuracy.")
 @click.option("--augment", default=None, metavar="SPEC",
-              help="Online augmentation, e.g. rotate=10,crop=2,noise=0.05 (see README).")
+              help="Online augmentation, e.g. rotate=10,crop=2,noise=0.05; keys: rotate, scale, shear, "
+                   "translate, crop, mirror, vflip, color, noise.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Worker processes for --augment (0 = in this process).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -320,7 +331,8 @@ class Trainer:
             if getattr(model, "optimizer", None) is None:
                 raise common.UserError(f"{o['resume']} was saved without optimizer state; it cannot be resumed")
         else:
-            model = _build_model(o, input_shape, self.num_classes, self.device)
+            steps = -(-len(self.x_train) // o["batch_size"])
+            model = _build_model(o, input_shape, self.num_classes, self.device, steps)
             epoch, batch = 0, 0
         self.model = model
         n = len(self.x_train)
