@@ -15,7 +15,8 @@ Sections (each guarded: a failure is reported, the rest still runs):
      side by side with PyTorch/cuDNN when importable (TF32 off on both sides: fp32 vs fp32).
   4. LeNet-5 trained for --steps steps on random data through nbcnn.zoo / Sequential (if present),
      images/s (and the same net in PyTorch when importable).
-  5. one short table (also as Markdown for benchmarks/RESULTS.md).
+  5. with --pytest: tests/cuda on the GPU (CuPy arrays, NUMBA_ENABLE_CUDASIM=0), in a subprocess.
+  6. one short table (also as Markdown for benchmarks/RESULTS.md).
 
 On the lent GPU machine use its preinstalled numba, numba-cuda and cupy (run from the checkout
 with PYTHONPATH=. or this script's own sys.path insert); newer NVVM wheels may emit a PTX ISA the
@@ -45,6 +46,8 @@ def _early_args():
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--budget", type=float, default=170.0, help="seconds; later sections are cut short past it")
     ap.add_argument("--json", type=Path, help="write all results to this JSON file")
+    ap.add_argument("--pytest", action="store_true",
+                    help="finally run tests/cuda on the GPU (NUMBA_ENABLE_CUDASIM=0) in a subprocess")
     return ap.parse_args()
 
 
@@ -106,7 +109,11 @@ if SIM:
             fn()
         return (time.perf_counter() - t) / iters
 else:
-    import cupy as xp
+    try:
+        import cupy as xp
+    except Exception as _exc:  # no CuPy: nothing to check on a GPU
+        print(f"CuPy is not importable ({type(_exc).__name__}: {_exc}); install nbcnn[cuda13] or run --simulate")
+        sys.exit(2)
 
     def sync():
         xp.cuda.get_current_stream().synchronize()
@@ -243,7 +250,15 @@ def launch_overhead():
         def prepared():  # Numba device arrays made once: the floor of a Numba launch
             k.jit[1, 256](dg, 1, 1, dout)
 
-        variants += [("plain numba launch", plain), ("numba device arrays", prepared)]
+        def per_launch():  # device arrays made at each launch from a stream-less interface
+            from nbcnn.kernels.cuda.runtime import _Ref
+
+            k.jit[1, 256](cuda.from_cuda_array_interface(_Ref(g).__cuda_array_interface__, owner=g, sync=False),
+                          1, 1,
+                          cuda.from_cuda_array_interface(_Ref(out).__cuda_array_interface__, owner=out, sync=False))
+
+        variants += [("plain numba launch", plain), ("numba device arrays", prepared),
+                     ("device arrays per launch", per_launch)]
     for name, fn in variants:
         try:
             fn()
@@ -393,6 +408,19 @@ def correctness():
                 errs["pad2d bwd"].append(_rel(to_host(gpu(ops.pad2d_backward, pg, pads)), x))
             for op, e in errs.items():
                 record(op, dt, e)
+    if not SIM:  # kernels must follow CuPy's current stream (ordered with CuPy's GEMMs)
+        xs, ws, stride, padding = _random_conv(rng, np.float32, False)
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        gy = rng.standard_normal(ops.conv2d_output_shape(xs, ws, stride, padding)).astype(np.float32)
+        stream = xp.cuda.Stream(non_blocking=True)
+        with stream:
+            got = gpu(ops.conv2d_backward, gy, x, w, stride, padding)
+            got = [a.get(stream=stream) for a in got]
+        stream.synchronize()
+        want = cpu(ops.conv2d_backward, gy, x, w, stride, padding)
+        errs = [_rel(g_, w_) for g_, w_ in zip(got, want)]
+        record("conv2d bwd, own stream", np.float32, [max(errs)])
     RESULTS["correctness"] = [dict(zip(("op", "dtype", "cases", "worst_rel_err", "ok"), r)) for r in rows]
     RESULTS["correctness_seed"] = seed
     return rows
@@ -608,8 +636,23 @@ def train_lenet():
     return out
 
 
+@section("5 pytest tests/cuda on the GPU")
+def pytest_on_gpu():
+    import subprocess
+
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    left = max(ARGS.budget + 60 - elapsed(), 30)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/cuda"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=left)
+    tail = (res.stdout + res.stderr).strip().splitlines()[-15:]
+    print("\n".join(tail))
+    RESULTS["pytest_gpu"] = {"rc": res.returncode, "tail": tail[-1] if tail else ""}
+    if res.returncode != 0:
+        raise RuntimeError(f"tests/cuda failed on the GPU: {tail[-1] if tail else res.returncode}")
+
+
 # --------------------------------------------------------------------------------------------
-# 5. summary
+# 6. summary
 # --------------------------------------------------------------------------------------------
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
@@ -638,6 +681,8 @@ def summary():
                      f"{'all ok' if not bad else 'FAIL: ' + ', '.join(c['op'] + ' ' + c['dtype'] for c in bad)}; "
                      f"worst rel err f32 {_fmt(worst32, '.1e')}, f64 {_fmt(worst64, '.1e')}; "
                      f"deterministic {all(RESULTS.get('deterministic', [False]))} |")
+    if RESULTS.get("pytest_gpu"):
+        lines.append(f"| pytest tests/cuda on the GPU | {RESULTS['pytest_gpu']['tail']} |")
     for name, sec in RESULTS["sections"].items():
         if not sec["ok"]:
             lines.append(f"| section {name} | FAILED: {sec['error'][:150]} |")
@@ -678,6 +723,8 @@ if __name__ == "__main__":
         speed()
     if not over_budget(0.85):
         train_lenet()
+    if ARGS.pytest and not SIM:
+        pytest_on_gpu()
     failed = any(not s["ok"] for s in RESULTS["sections"].values()) or \
         any(not c["ok"] for c in RESULTS.get("correctness", []))
     _finish(1 if failed else 0)

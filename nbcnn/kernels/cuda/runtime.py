@@ -142,6 +142,8 @@ class Kernel:
             with warnings.catch_warnings():  # small grids on purpose (tiny layers): no occupancy warning
                 warnings.simplefilter("ignore")
                 cfg = self.jit[blocks, tpb, stream]
+            if len(_configs) > 4096:  # many distinct shapes (e.g. variable image sizes): start over
+                _configs.clear()
             _configs[(self.name, key)] = cfg
         if dev:  # arrays on a GPU other than 0: launch in that device's context
             with cuda.gpus[dev]:
