@@ -123,16 +123,16 @@ class _Pool:
     def __init__(self, x, y, pipeline, seed, to_float, workers, threads):
         ctx = mp.get_context("spawn")
         self.shms = []
-        specs = []
-        for a in (x, y):
-            shm = shared_memory.SharedMemory(create=True, size=max(1, a.nbytes))
-            self.shms.append(shm)
-            np.ndarray(a.shape, a.dtype, buffer=shm.buf)[...] = a
-            specs.append((shm.name, a.shape, a.dtype.str))
+        self.procs = []
         self.tasks = ctx.Queue()
         self.results = ctx.Queue()
-        self.procs = []
         try:
+            specs = []
+            for a in (x, y):
+                shm = shared_memory.SharedMemory(create=True, size=max(1, a.nbytes))
+                self.shms.append(shm)
+                np.ndarray(a.shape, a.dtype, buffer=shm.buf)[...] = a
+                specs.append((shm.name, a.shape, a.dtype.str))
             with _main_module_hidden(pipeline):
                 for w in range(workers):
                     p = ctx.Process(target=_worker_main, name=f"nbcnn-augment-{w}", daemon=True,

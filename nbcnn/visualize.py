@@ -154,7 +154,7 @@ def top_activations(model, x, layer, units=None, k=9, *, batch_size=256, progres
         raise ValueError(f"need at least k={k} images to pick the top {k}, got {x.shape[0]}")
     best = None
     for s in range(0, x.shape[0], int(batch_size)):
-        a = extract_features(layers[:upto + 1], x[s:s + batch_size], -1, batch_size=batch_size)
+        a = extract_features(model, x[s:s + batch_size], upto, batch_size=batch_size)
         if a.ndim == 2:
             a = a[:, :, None, None]
         if a.ndim != 4:
@@ -354,7 +354,7 @@ def visualize_layer(model, x, layer, out_dir, *, units=9, k=9, scale=4, batch_si
     layers = _layers(model)
     li = layer_index(model, layer)
     x = np.asarray(x)
-    probe = extract_features(layers[:li + 1], x[:1], -1)
+    probe = extract_features(model, x[:1], li)
     n_units = probe.shape[1]
     sel = np.arange(min(int(units), n_units)) if isinstance(units, (int, np.integer)) else np.asarray(units)
     patches, vals, idx = top_patches(model, x, li, sel, k, batch_size=batch_size, progress=progress,
