@@ -87,21 +87,45 @@ def _blas_policy() -> str:
         return f"unknown ({exc})"
 
 
-def _data_dir() -> str:
-    """Where the data sets are looked for, as ``nbcnn.datasets`` resolves them."""
+def _data_sets() -> dict:
+    """Where each data set would be loaded from now (no download attempted)."""
+    out = {}
     try:
         from nbcnn import datasets
 
-        for name in ("data_dir", "default_data_dir", "cache_dir"):
-            fn = getattr(datasets, name, None)
-            if callable(fn):
-                return str(fn())
+        for name in datasets.DATASETS:
+            found = datasets.find_dataset(name)
+            if found is not None:
+                out[name] = f"{found[1]} ({found[0]})"
+            elif name == "mnist" and datasets.SAMPLE_FILE.is_file():
+                out[name] = "not found: would download, else use the bundled sample"
+            else:
+                out[name] = "not found: would download"
+    except Exception as exc:  # never let a broken data folder break `nbcnn info`
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _data_dir() -> str:
+    """The folders nbcnn looks in for data: $NBCNN_DATA, then the user cache."""
+    try:
+        from nbcnn import datasets
+
+        cache = str(datasets.cache_dir())
     except Exception:
-        pass
-    if os.environ.get("NBCNN_DATA"):
-        return f"{os.environ['NBCNN_DATA']} (NBCNN_DATA)"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "nbcnn")
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        cache = str(Path(base) / "nbcnn")
+    env = os.environ.get("NBCNN_DATA")
+    return (f"{env} (NBCNN_DATA), then {cache}" if env else f"{cache} (NBCNN_DATA not set)")
+
+
+def _gpu_details() -> dict:
+    try:
+        from nbcnn.kernels.cuda.info import cuda_info
+
+        return cuda_info()
+    except Exception as exc:
+        return {"errors": [f"{type(exc).__name__}: {exc}"]}
 
 
 def _kernel_cache_dir() -> str:
@@ -128,6 +152,7 @@ def collect() -> dict:
     import nbcnn
 
     ok, why = nbcnn.gpu_status()
+    gpu = _gpu_details()
     return {
         "nbcnn": nbcnn.__version__,
         "python": platform.python_version(),
@@ -143,8 +168,13 @@ def collect() -> dict:
         "blas_policy": _blas_policy(),
         "gpu_usable": ok,
         "gpu_reason": why,
+        "gpus": gpu.get("gpus", []),
+        "cuda_runtime": gpu.get("runtime"),
+        "cuda_driver": gpu.get("driver"),
+        "cuda_simulator": bool(gpu.get("simulator")),
         "default_device": os.environ.get("NBCNN_DEVICE", "auto"),
         "data_dir": _data_dir(),
+        "datasets": _data_sets(),
         "kernel_cache_dir": _kernel_cache_dir(),
     }
 
@@ -176,8 +206,13 @@ def info(as_json):
         ("BLAS", "; ".join(facts["blas"])),
         ("BLAS policy", facts["blas_policy"]),
         ("GPU usable", f"{gpu} ({facts['gpu_reason']})"),
+        *[(f"  cuda:{g['index']}", f"{g['name']} (compute capability {g['cc']}, {g['memory_gib']} GiB)")
+          for g in facts["gpus"]],
+        *([("CUDA", f"runtime {facts['cuda_runtime']}, driver {facts['cuda_driver'] or '-'}")]
+          if facts["cuda_runtime"] else []),
         ("default device", f"{facts['default_device']} (set NBCNN_DEVICE=cpu|cuda|auto)"),
         ("data dir", facts["data_dir"]),
+        *[(f"  {name}", where) for name, where in facts["datasets"].items()],
         ("kernel cache", facts["kernel_cache_dir"]),
     ]
     width = max(len(k) for k, _ in rows)

@@ -63,6 +63,8 @@ def test_info_text_and_json(runner):
     import nbcnn
 
     assert (facts["gpu_usable"], facts["gpu_reason"]) == nbcnn.gpu_status()
+    assert set(facts["datasets"]) == {"mnist", "fashion-mnist"}
+    assert facts["blas_policy"] == nbcnn._threads.blas_policy()
 
 
 def test_bench_device_cuda_without_gpu_is_one_line(runner, monkeypatch):
