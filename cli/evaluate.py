@@ -92,12 +92,24 @@ def evaluate(model_path, dataset, data_dir, split, limit, batch_size, plot_path,
     (x_tr, y_tr), (x_te, y_te), info = loading.load_dataset(dataset, data_dir)
     x, y = (x_te, y_te) if split == "test" else (x_tr, y_tr)
     x = loading.as_nchw_uint8(x)
+    y = np.asarray(y).astype(np.int64)
+    subset = meta.get("classes")
+    if subset and dataset == meta.get("dataset"):
+        # A model trained on some classes only (e.g. by `nbcnn transfer`): keep those, relabelled 0..k-1.
+        remap = np.full(max(int(y.max(initial=0)), max(subset)) + 1, -1, np.int64)
+        remap[np.asarray(subset, np.int64)] = np.arange(len(subset))
+        keep = remap[y] >= 0
+        x, y = x[keep], remap[y[keep]]
     if limit is not None:
         x, y = x[:limit], y[:limit]
     shape = loading.model_input_shape(model)
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise common.UserError(f"the model expects inputs of shape {tuple(shape)} but {dataset} images "
                                f"are {tuple(x.shape[1:])}")
+    n_out = loading.model_num_classes(model)
+    if n_out is not None and len(y) and int(y.max()) >= n_out:
+        raise common.UserError(f"{dataset} has labels up to {int(y.max())} but the model has {n_out} outputs; "
+                               "evaluate it on the data set it was trained for (--dataset)")
     names = loading.class_names_for(model, dataset=dataset)
     probs, loss, acc = evaluate_arrays(model, x, y, batch_size)
     if probs.shape[1] != len(names):
@@ -106,7 +118,9 @@ def evaluate(model_path, dataset, data_dir, split, limit, batch_size, plot_path,
     rows = per_class(cm, names)
     to_stdout_json = json_path is not None and str(json_path) == "-"
     if not to_stdout_json:
-        common.echo(f"{dataset} {split}: {len(y)} images" + ("  (bundled sample)" if info["bundled_sample"] else ""))
+        what = f" (classes {', '.join(map(str, subset))})" if subset and dataset == meta.get("dataset") else ""
+        common.echo(f"{dataset} {split}{what}: {len(y)} images"
+                    + ("  (bundled sample)" if info["bundled_sample"] else ""))
         common.echo(f"loss      {loss:.4f}")
         common.echo("accuracy  " + common.style(f"{acc:.2%}", bold=True) + f"  (error {1 - acc:.2%})")
         common.echo()

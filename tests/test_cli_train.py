@@ -259,6 +259,30 @@ def test_evaluate_errors(runner, tmp_path):
     assert res.exit_code == 1 and "expects inputs of shape (1, 32, 32)" in res.output
 
 
+def test_evaluate_a_model_of_a_class_subset(runner, tmp_path):
+    """A model saved with metadata classes=[...] (as `nbcnn transfer` writes) is evaluated on those classes."""
+    path = tmp_path / "sub.nbcnn"
+    model = nbcnn.zoo.lenet5(num_classes=3, seed=1)
+    model.compile(optimizer="adam")
+    model.save(path, metadata={"dataset": "mnist", "classes": [0, 1, 7], "class_names": ["zero", "one", "seven"]})
+    js = tmp_path / "sub.json"
+    res = runner.invoke(cli, ["evaluate", str(path), "--limit", "60", "--json", str(js), "--no-plot"])
+    assert res.exit_code == 0, res.output
+    xt, yt = _mnist_test(10000)
+    keep = np.isin(yt, [0, 1, 7])
+    xs, ys = xt[keep][:60], np.searchsorted([0, 1, 7], yt[keep][:60])
+    report = json.loads(js.read_text())
+    assert report["images"] == 60
+    assert [r["label"] for r in report["per_class"]] == ["zero", "one", "seven"]
+    assert [r["support"] for r in report["per_class"]] == [int(np.sum(ys == k)) for k in range(3)]
+    pred = nbcnn.load_model(path).predict(xs).argmax(axis=1)
+    assert report["accuracy"] == pytest.approx(float(np.mean(pred == ys)))
+    # Without the subset in its metadata, a 3-output model cannot be scored on 10-class MNIST.
+    nbcnn.zoo.lenet5(num_classes=3, seed=1).save(tmp_path / "three.nbcnn")
+    res = runner.invoke(cli, ["evaluate", str(tmp_path / "three.nbcnn"), "--limit", "50", "--no-plot"])
+    assert res.exit_code == 1 and "the model has 3 outputs" in res.output
+
+
 # ---------------------------------------------------------------- predict
 
 def test_predict_images_and_arrays(runner, trained, tmp_path):
