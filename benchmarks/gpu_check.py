@@ -18,9 +18,13 @@ Sections (each guarded: a failure is reported, the rest still runs):
   5. with --pytest: tests/cuda on the GPU (CuPy arrays, NUMBA_ENABLE_CUDASIM=0), in a subprocess.
   6. one short table (also as Markdown for benchmarks/RESULTS.md).
 
-On the lent GPU machine use its preinstalled numba, numba-cuda and cupy (run from the checkout
-with PYTHONPATH=. or this script's own sys.path insert); newer NVVM wheels may emit a PTX ISA the
-driver cannot load (section 0 prints both).
+On the lent GPU machine use its preinstalled numba, numba-cuda and cupy (run from the checkout;
+this script puts the checkout first on sys.path, nothing to install); newer NVVM wheels may emit a
+PTX ISA the driver cannot load (section 0 prints both). One call does it all:
+
+    python benchmarks/gpu_check.py --pytest --json $OUT/gpu_check.json 2>&1 | tee $OUT/gpu_check.log
+
+then paste the printed Markdown tables into benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -54,10 +58,9 @@ def _early_args():
 ARGS = _early_args()
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1" if ARGS.simulate else "0"  # before numba loads
 
-import numpy as np  # noqa: E402
-
-import nbcnn  # noqa: E402
+import nbcnn  # noqa: E402  (first: it sets the BLAS thread policy before numpy loads)
 import nbcnn.ops as ops  # noqa: E402
+import numpy as np  # noqa: E402
 
 T0 = time.perf_counter()
 RESULTS: dict = {"sections": {}}

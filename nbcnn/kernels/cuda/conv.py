@@ -19,7 +19,10 @@ from numba import cuda, float64
 
 from .runtime import I64, MAX_BLOCKS, arr, kernel, xp_of
 
-RED_TPB = 256  # threads per block of the bias-gradient reduction (shared array size; power of 2)
+# Threads per block of the bias-gradient kernel (= its shared array size; a power of two). The
+# kernel runs one block per filter, so few filters (LeNet: 6) mean few blocks: a full-size block
+# keeps enough loads in flight per SM to hide memory latency.
+RED_TPB = 1024
 
 
 _GEO = (I64,) * 8  # kh, kw, sh, sw, pt, pl, Ho, Wo
