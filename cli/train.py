@@ -80,6 +80,15 @@ def _paths(out: Path) -> dict:
             "curves": Path(f"{base}.curves.png")}
 
 
+def _model_path_for(resume: Path) -> Path:
+    """Where a resumed run writes its model: ``x.ckpt.nbcnn`` -> ``x.nbcnn``; a model file -> itself."""
+    resume = Path(resume)
+    stem, suffix = (resume.name[:-len(resume.suffix)], resume.suffix) if resume.suffix else (resume.name, "")
+    if stem.endswith(".ckpt"):
+        return resume.with_name(stem[:-len(".ckpt")] + suffix)
+    return resume
+
+
 def _resolve_options(ctx, opts: dict, state: dict | None) -> dict:
     """Merge command-line options with a checkpoint's run settings (the checkpoint wins;
     an explicitly different value is an error, since it would not continue the same run)."""
@@ -114,9 +123,10 @@ def _build_model(opts, input_shape, num_classes, device, steps_per_epoch):
     nbcnn.seed(opts["seed"])
     try:
         with nbcnn.using_device(device):
-            model = loading.build_zoo_model(opts["model"], strict=("activation", "pooling"), num_classes=num_classes, input_shape=input_shape,
-                                            device=device, seed=opts["seed"], activation=opts["activation"],
-                                            pooling=opts["pooling"])
+            model = loading.build_zoo_model(
+                opts["model"], strict=("activation", "pooling"), num_classes=num_classes,
+                input_shape=input_shape, device=device, seed=opts["seed"], activation=opts["activation"],
+                pooling=opts["pooling"])
     except ValueError as exc:
         c, h, w = input_shape
         raise common.UserError(f"model {opts['model']} cannot take {opts['dataset']}'s {c}x{h}x{w} images "
@@ -210,12 +220,11 @@ def train(ctx, **opts):
 class _CliCallback(Callback):
     """Progress bar, epoch lines, per-epoch checkpoints and Ctrl-C for ``fit``."""
 
-    def __init__(self, trainer, stop: _Interrupt, steps: int, n_train: int):
+    def __init__(self, trainer, stop: _Interrupt, steps: int):
         super().__init__()
         self.t = trainer
         self.stop = stop
         self.steps = steps
-        self.n_train = n_train
         self.bar = None
         self.batches_run = self.step = self.seen = 0
         self.interrupt_after = int(os.environ.get(_INTERRUPT_ENV, "0") or 0)
@@ -279,7 +288,7 @@ class Trainer:
 
             augment.parse_spec(opts["augment"])  # a bad spec fails here, before any work
         self.opts = opts
-        out = opts["out"] or (Path(self.state["out"]) if self.state and self.state.get("out")
+        out = opts["out"] or (_model_path_for(opts["resume"]) if opts["resume"] is not None
                               else Path(f"{opts['model']}-{opts['dataset']}.nbcnn"))
         self.paths = _paths(Path(out))
         self.verbose = not opts["quiet"]
@@ -322,6 +331,7 @@ class Trainer:
         o = self.opts
         self._load_data()
         input_shape = tuple(self.x_train.shape[1:])
+        steps = -(-len(self.x_train) // o["batch_size"])
         if self.resumed_model is not None:
             model = self.resumed_model
             if getattr(model, "device", self.device) != self.device:
@@ -331,19 +341,16 @@ class Trainer:
             if getattr(model, "optimizer", None) is None:
                 raise common.UserError(f"{o['resume']} was saved without optimizer state; it cannot be resumed")
         else:
-            steps = -(-len(self.x_train) // o["batch_size"])
             model = _build_model(o, input_shape, self.num_classes, self.device, steps)
             epoch, batch = 0, 0
         self.model = model
-        n = len(self.x_train)
-        steps = -(-n // o["batch_size"])
         self._banner(model, epoch, batch, steps)
         if epoch >= o["epochs"]:
             self.say(f"Already trained for {epoch} epochs; pass --epochs N (N > {epoch}) to train longer.")
         source = self._augmented_source() if o["augment"] else None
         try:
             with _Interrupt() as stop:
-                cbk = _CliCallback(self, stop, steps, n)
+                cbk = _CliCallback(self, stop, steps)
                 if source is not None:
                     source.set_epoch(epoch)
                     x, y = source, None
@@ -421,7 +428,7 @@ class Trainer:
         keep = {k: self.opts[k] for k in (*RUN_OPTIONS, *SOFT_OPTIONS)}
         keep["data_dir"] = str(self.opts["data_dir"]) if self.opts["data_dir"] is not None else None
         state = {"version": STATE_VERSION, "options": keep, "epoch": int(self.model.progress.get("epoch", 0)),
-                 "history": self.history, "elapsed_s": self._elapsed(), "out": str(self.paths["model"])}
+                 "history": self.history, "elapsed_s": self._elapsed()}
         meta = {"dataset": self.opts["dataset"], "class_names": self.class_names,
                 "bundled_sample": self.data_info["bundled_sample"], STATE_KEY: state}
         meta.update(extra or {})
