@@ -238,8 +238,19 @@ def launch_overhead():
     n = 20 if SIM else 500
     res = {}
 
+    from nbcnn.kernels.cuda import runtime
+
+    fast_default = runtime.fast_args()
+
     def ours():
         k.grid3(16, 4, 1, g, 1, 1, out)
+
+    def ours_cai():
+        runtime.fast_args(False)
+        try:
+            k.grid3(16, 4, 1, g, 1, 1, out)
+        finally:
+            runtime.fast_args(fast_default)
 
     def plain():  # kernel[grid, block](cupy arrays): Numba syncs the stream the arrays name
         k.jit[1, 256](g, 1, 1, out)
@@ -260,8 +271,9 @@ def launch_overhead():
                           1, 1,
                           cuda.from_cuda_array_interface(_Ref(out).__cuda_array_interface__, owner=out, sync=False))
 
-        variants += [("plain numba launch", plain), ("numba device arrays", prepared),
-                     ("device arrays per launch", per_launch)]
+        variants += [("nbcnn, array interface", ours_cai), ("plain numba launch", plain),
+                     ("numba device arrays", prepared), ("device arrays per launch", per_launch)]
+        print(f"nbcnn launcher passes CuPy arrays as {'device-array stand-ins' if fast_default else 'interfaces'}")
     for name, fn in variants:
         try:
             fn()
@@ -424,6 +436,19 @@ def correctness():
         want = cpu(ops.conv2d_backward, gy, x, w, stride, padding)
         errs = [_rel(g_, w_) for g_, w_ in zip(got, want)]
         record("conv2d bwd, own stream", np.float32, [max(errs)])
+        from nbcnn.kernels.cuda import runtime  # both ways of passing CuPy arrays: bitwise the same
+
+        fast = runtime.fast_args()
+        try:
+            runtime.fast_args(True)
+            a = [to_host(v) for v in gpu(ops.conv2d_backward, gy, x, w, stride, padding)]
+            runtime.fast_args(False)
+            b_ = [to_host(v) for v in gpu(ops.conv2d_backward, gy, x, w, stride, padding)]
+        finally:
+            runtime.fast_args(fast)
+        same = all(np.array_equal(u, v) for u, v in zip(a, b_))
+        print(f"  device-array stand-ins vs array interface: bitwise equal {same}")
+        record("fast vs interface args", np.float32, [0.0 if same else float("inf")])
     RESULTS["correctness"] = [dict(zip(("op", "dtype", "cases", "worst_rel_err", "ok"), r)) for r in rows]
     RESULTS["correctness_seed"] = seed
     return rows

@@ -111,3 +111,35 @@ def test_cuda_info_reports_versions_and_why_no_gpu():
     lines = format_cuda_info(info)
     assert any(line.startswith("GPU usable: ") for line in lines)
     assert any("numba-cuda: " in line for line in lines)
+
+
+def test_cupy_arrays_reach_numba_as_device_arrays():
+    """The launch fast path: Numba's own typeof and kernel-parameter builder on a _FastRef.
+
+    Runs the real (non-simulator) numba-cuda code that turns an argument into kernel
+    parameters; no GPU is needed for that step. The parameters must be Numba's array ABI:
+    meminfo, parent, size, itemsize, data pointer, shape, strides (bytes).
+    """
+    code = (
+        "import numpy as np\n"
+        "from types import SimpleNamespace as NS\n"
+        "from numba import types\n"
+        "from numba.np.numpy_support import from_dtype\n"
+        "from numba.cuda.dispatcher import _Kernel\n"
+        "from numba.cuda.typing.typeof import Purpose, typeof\n"
+        "from nbcnn.kernels.cuda import runtime\n"
+        "assert runtime.fast_args(), 'device-array protocol not found in this numba-cuda'\n"
+        "for a, layout in ((np.zeros((3, 4, 5), np.float32), 'C'), (np.zeros((4, 6), np.float64)[:, ::2], 'A')):\n"
+        "    fake = NS(flags=a.flags, dtype=a.dtype, ndim=a.ndim, shape=a.shape, size=a.size, strides=a.strides,\n"
+        "              data=NS(ptr=0xDEAD0000))\n"
+        "    ref = runtime._FastRef(fake)\n"
+        "    ty = typeof(ref, Purpose.argument)\n"
+        "    assert ty == types.Array(from_dtype(a.dtype), a.ndim, layout), ty\n"
+        "    params = []\n"
+        "    _Kernel._prepare_args(NS(extensions=[]), ty, ref, 0, [], params)\n"
+        "    want = [0, 0, a.size, a.itemsize, 0xDEAD0000, *a.shape, *a.strides]\n"
+        "    assert params == want, (params, want)\n"
+        "print('ok')\n"
+    )
+    res = _run(code)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr

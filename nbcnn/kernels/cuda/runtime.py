@@ -7,11 +7,12 @@ differ only in the grid:
 
 * **GPU**: CuPy arrays, ``TPB`` threads per block and enough blocks to cover
   the work (capped; the loop does the rest). Kernels run on CuPy's current
-  stream, and CuPy arrays are handed to Numba through a view of their
-  ``__cuda_array_interface__`` *without* a stream: when the interface names a
-  stream Numba synchronises the host with it on every launch, which would
-  serialise the whole training step. Ordering is already guaranteed because
-  CuPy's GEMMs and our kernels share one stream.
+  stream, so they are ordered with CuPy's GEMMs without any host sync. CuPy
+  arrays reach Numba as light device-array stand-ins (:class:`_FastRef`), or,
+  with another numba-cuda, through their ``__cuda_array_interface__`` with the
+  stream removed (:class:`_Ref`): when the interface names a stream, Numba
+  synchronises the host with it on every launch, which would serialise the
+  whole training step.
 * **Simulator** (``NUMBA_ENABLE_CUDASIM=1``): NumPy arrays and a tiny grid
   (at most ``SIM_BLOCKS`` blocks per dimension of ``SIM_TPB`` threads), because
   the simulator spends ~1 ms per simulated thread; two blocks per dimension so
@@ -24,6 +25,7 @@ PTX compile check can compile each one for float32 and float64.
 from __future__ import annotations
 
 import collections
+import os
 import warnings
 
 import numba
@@ -74,6 +76,53 @@ class _Ref:
         cai["stream"] = None
         self.__cuda_array_interface__ = cai
         self.owner = a  # keeps the memory alive until the launch is queued
+
+
+class _FastRef:
+    """A CuPy array presented to Numba the way its own device arrays are (numba-cuda >= 0.30).
+
+    Numba types a device array from ``_numba_type_`` and builds the kernel parameters from
+    ``_strided_memory_view_shim`` (pointer, shape, strides, size): no interface dict, no
+    DLPack capsule, no memory-view object per argument and launch. The fields are exactly
+    those of Numba's DeviceNDArray shim. If this Numba lacks that protocol, or a launch
+    through it raises, :class:`_Ref` takes over for the rest of the process.
+    """
+
+    __slots__ = ("_numba_type_", "_strided_memory_view_shim", "owner")
+    __cuda_memory__ = True
+
+    def __init__(self, a):
+        c = a.flags.c_contiguous
+        f = a.flags.f_contiguous
+        self._numba_type_ = _array_type(a.dtype, a.ndim, "C" if c else "A")
+        self._strided_memory_view_shim = _SMVShim(
+            ptr=a.data.ptr, shape=a.shape, dtype=a.dtype, size=a.size,
+            _layout=_LayoutShim(strides_in_bytes=a.strides, is_contiguous_c=c, is_contiguous_f=f,
+                                is_contiguous_any=c or f))
+        self.owner = a
+
+
+_array_types: dict = {}
+
+
+def _array_type(dtype, ndim, layout):
+    key = (dtype, ndim, layout)
+    t = _array_types.get(key)
+    if t is None:
+        from numba.np import numpy_support
+
+        t = _array_types[key] = types.Array(numpy_support.from_dtype(dtype), ndim, layout)
+    return t
+
+
+try:  # the device-array protocol of numba-cuda 0.30 (numba.cuda.cudadrv.devicearray)
+    from numba.cuda.cudadrv.devicearray import _StridedLayoutShim as _LayoutShim
+    from numba.cuda.cudadrv.devicearray import _StridedMemoryViewShim as _SMVShim
+
+    _HAVE_SHIMS = True
+except Exception:  # another numba-cuda: the array-interface path
+    _HAVE_SHIMS = False
+_fast_args = [_HAVE_SHIMS and os.environ.get("NBCNN_CUDA_FAST_ARGS", "1") != "0"]
 
 
 _streams: dict = {}
@@ -127,14 +176,12 @@ class Kernel:
             self.jit[sim, min(tpb, SIM_TPB)](*args)
             return
         dev = None
-        conv = []
         for a in args:
             if is_gpu_array(a):
-                if dev is None:
-                    dev = a.device.id
-                conv.append(_Ref(a))
-            else:
-                conv.append(a)
+                dev = a.device.id
+                break
+        fast = _fast_args[0]
+        conv = [(_FastRef(a) if fast else _Ref(a)) if is_gpu_array(a) else a for a in args]
         ptr, stream = _current_stream()
         key = (blocks, tpb, ptr)
         cfg = _configs.get((self.name, key))
@@ -145,11 +192,33 @@ class Kernel:
             if len(_configs) > 4096:  # many distinct shapes (e.g. variable image sizes): start over
                 _configs.clear()
             _configs[(self.name, key)] = cfg
-        if dev:  # arrays on a GPU other than 0: launch in that device's context
-            with cuda.gpus[dev]:
+        try:
+            if dev:  # arrays on a GPU other than 0: launch in that device's context
+                with cuda.gpus[dev]:
+                    cfg(*conv)
+            else:
                 cfg(*conv)
-        else:
-            cfg(*conv)
+        except (AttributeError, TypeError, NotImplementedError, KeyError) as exc:
+            if not fast:
+                raise
+            # this numba-cuda does not take the device-array protocol: fall back for good
+            # (such a failure happens while preparing arguments, before anything is launched)
+            _fast_args[0] = False
+            warnings.warn(f"nbcnn: passing CuPy arrays as Numba device arrays failed ({type(exc).__name__}: "
+                          f"{exc}); using the CUDA array interface from now on", RuntimeWarning, stacklevel=2)
+            launches[self.name] -= 1
+            self.launch(blocks, tpb, *args)
+
+
+def fast_args(enabled: bool | None = None) -> bool:
+    """Query or set whether CuPy arrays go to Numba through the device-array protocol (see _FastRef).
+
+    ``NBCNN_CUDA_FAST_ARGS=0`` turns it off at start-up; it is always off when this numba-cuda
+    lacks the protocol.
+    """
+    if enabled is not None:
+        _fast_args[0] = bool(enabled) and _HAVE_SHIMS
+    return _fast_args[0]
 
 
 def kernel(signature):
