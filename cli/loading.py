@@ -202,12 +202,7 @@ def read_inputs(paths, input_shape, invert: str = "auto"):
                         "predict needs a model whose first layer knows its input_shape")
     c, h, w = input_shape
     chunks = []
-    for raw in paths:
-        p = Path(raw)
-        if not p.exists():
-            raise UserError(f"input file not found: {p}")
-        if p.is_dir():
-            raise UserError(f"expected an image or .npy file, got a folder: {p}")
+    for p in _expand(paths):
         suffix = p.suffix.lower()
         if suffix == ".npy":
             chunks.extend(_read_npy(p, c, h, w))
@@ -217,6 +212,24 @@ def read_inputs(paths, input_shape, invert: str = "auto"):
             raise UserError(f"unsupported input {p}: use an image ({', '.join(IMAGE_SUFFIXES[:3])}, ...) "
                             "or a .npy array")
     return chunks
+
+
+def _expand(paths) -> list[Path]:
+    """Files as given; a folder stands for its images and .npy files (sorted, not recursive)."""
+    out = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise UserError(f"input file not found: {p}")
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir()
+                           if f.is_file() and f.suffix.lower() in (*IMAGE_SUFFIXES, ".npy"))
+            if not found:
+                raise UserError(f"no images or .npy files in folder {p}")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
 
 
 def _read_image(p: Path, c: int, h: int, w: int, invert: str) -> np.ndarray:

@@ -13,7 +13,8 @@ from . import common, loading
     "nbcnn predict lenet5-mnist.nbcnn digit.png",
     "nbcnn predict lenet5-mnist.nbcnn a.png b.jpg --top-k 3",
     "nbcnn predict fashion.nbcnn batch.npy --json > predictions.json",
-    "nbcnn predict lenet5-mnist.nbcnn scan.png --invert no"))
+    "nbcnn predict lenet5-mnist.nbcnn scan.png --invert no",
+    "nbcnn predict lenet5-mnist.nbcnn photos/          # every image in the folder"))
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True,
@@ -29,7 +30,7 @@ def predict(model_path, inputs, top_k, as_json, invert, device, batch_size):
     """Top-k classes with probabilities for each INPUT.
 
     INPUT is an image (PNG, JPEG, ...; converted to the model's channels and
-    resized to its input size) or a .npy array of one sample (C,H,W or H,W)
+    resized to its input size), a folder of them, or a .npy array of one sample (C,H,W or H,W)
     or a batch (N,C,H,W). Integer arrays are read as 0-255 pixels and scaled
     to [0, 1] like the training data; float arrays are used as model inputs unchanged.
     """

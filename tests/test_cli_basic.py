@@ -256,6 +256,10 @@ def test_read_npy_shapes_and_errors(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(common.UserError, match="unsupported input"):
         loading.read_inputs([tmp_path / "notes.txt"], (1, 28, 28))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(common.UserError, match="no images or .npy files in folder"):
+        loading.read_inputs([empty], (1, 28, 28))
     (tmp_path / "fake.png").write_bytes(b"not a png")
     with pytest.raises(common.UserError, match="not a valid image"):
         loading.read_inputs([tmp_path / "fake.png"], (1, 28, 28))
@@ -271,6 +275,9 @@ def test_read_image_converts_resizes_and_inverts(tmp_path):
     (name, arr, is_px), = loading.read_inputs([tmp_path / "d.png"], (1, 28, 28), invert="auto")
     assert arr.shape == (1, 1, 28, 28) and arr.dtype == np.uint8 and is_px
     assert arr[0, 0, 0, 0] == 0 and arr[0, 0, 14, 14] == 255  # inverted: light stroke on black
+    (folder_name, same, _), = loading.read_inputs([tmp_path], (1, 28, 28), invert="auto")  # a folder of images
+    assert folder_name.endswith("d.png")
+    np.testing.assert_array_equal(same, arr)
     (_, kept, _), = loading.read_inputs([tmp_path / "d.png"], (1, 28, 28), invert="no")
     np.testing.assert_array_equal(kept, 255 - arr)
     (_, rgb, _), = loading.read_inputs([tmp_path / "d.png"], (3, 28, 28), invert="auto")
