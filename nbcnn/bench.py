@@ -144,13 +144,14 @@ def _median(xs):
 
 
 def interleave(variants: dict, rounds: int = 7, round_s: float = 0.2, max_reps: int = 50,
-               min_reps: int = 1, sync: dict | None = None) -> dict:
+               min_reps: int = 3, sync: dict | None = None) -> dict:
     """Time callables in alternating rounds; return per-variant stats and pairwise ratios.
 
     ``variants`` maps a name to a zero-argument callable; ``sync`` optionally maps
     a name to a callable run after each call (device synchronisation). Each
-    variant is called twice untimed first (compilation, caches), then timed once
-    to pick how many calls fill ``round_s`` per round.
+    variant is called twice untimed first (compilation, caches), then timed
+    (best of 3) to pick how many calls fill ``round_s`` per round (at least
+    ``min_reps``, at most ``max_reps``).
 
     Returns ``{"stats": {name: {...}}, "ratios": {"a/b": median of per-round ratios}}``;
     times in seconds.
@@ -169,13 +170,16 @@ def interleave(variants: dict, rounds: int = 7, round_s: float = 0.2, max_reps: 
         if sy:
             sy()
     reps = {}
-    for n in names:
+    for n in names:  # best of 3 calls, so one unlucky call does not shrink the sample
         fn, sy = variants[n], sync.get(n)
-        t0 = time.perf_counter()
-        fn()
-        if sy:
-            sy()
-        dt = max(time.perf_counter() - t0, 1e-7)
+        dts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            if sy:
+                sy()
+            dts.append(time.perf_counter() - t0)
+        dt = max(min(dts), 1e-7)
         reps[n] = int(min(max_reps, max(min_reps, math.ceil(round_s / dt))))
     round_min = {n: [] for n in names}
     round_mean = {n: [] for n in names}
