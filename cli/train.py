@@ -291,6 +291,10 @@ class Trainer:
         out = opts["out"] or (_model_path_for(opts["resume"]) if opts["resume"] is not None
                               else Path(f"{opts['model']}-{opts['dataset']}.nbcnn"))
         self.paths = _paths(Path(out))
+        try:  # fail now, not after hours of training, when the output folder cannot be made
+            self.paths["model"].parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise common.UserError(f"cannot create the folder for --out {out}: {exc.strerror or exc}") from None
         self.verbose = not opts["quiet"]
         if self.state is not None:
             self.history = {k: list(v) for k, v in self.state["history"].items()}

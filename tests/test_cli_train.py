@@ -194,6 +194,17 @@ def test_train_user_errors_are_one_line(runner, tmp_path, monkeypatch, args, cod
         assert res.output.strip().splitlines()[-1].startswith("Error: ")
 
 
+def test_train_out_in_a_new_folder_and_an_impossible_one(runner, tmp_path):
+    res = runner.invoke(cli, ["train", "--epochs", "1", "--train-size", "60", "--test-size", "10", "--no-plot",
+                              "--out", str(tmp_path / "new" / "sub" / "m.nbcnn")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "sub" / "m.nbcnn").exists()
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(cli, ["train", "--out", str(tmp_path / "file" / "m.nbcnn")])
+    assert res.exit_code == 1 and "cannot create the folder for --out" in res.output
+    assert "Training" not in res.output  # failed before any work
+
+
 def test_train_device_cuda_without_gpu(runner, tmp_path, monkeypatch):
     monkeypatch.setattr(nbcnn.device, "gpu_status", lambda: (False, "no GPU here (test)"))
     monkeypatch.setattr(nbcnn.device, "cuda_simulator_enabled", lambda: False)
