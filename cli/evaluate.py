@@ -102,6 +102,8 @@ def evaluate(model_path, dataset, data_dir, split, limit, batch_size, plot_path,
         x, y = x[keep], remap[y[keep]]
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    if len(y) == 0:
+        raise common.UserError(f"no {dataset} {split} images to evaluate")
     shape = loading.model_input_shape(model)
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise common.UserError(f"the model expects inputs of shape {tuple(shape)} but {dataset} images "
