@@ -58,34 +58,37 @@ def main():
                 t0 = time.perf_counter()
                 T.fit_head(m, f, ys, start=start, epochs=a.epochs, batch_size=a.batch_size,
                            optimizer="adam", seed=seed)
-                res[name] = {"accuracy": m.evaluate(xt3, yt3)["accuracy"], "train_s": time.perf_counter() - t0,
-                             "features_s": t_feat}
+                t_train = time.perf_counter() - t0
+                res[name] = {"accuracy": m.evaluate(xt3, yt3)["accuracy"], "train_s": t_train, "features_s": t_feat}
             s = zoo.lenet5(num_classes=len(classes), activation=act, pooling=pool, seed=seed)
             s.compile(optimizer="adam")
             t0 = time.perf_counter()
             s.fit(xs, ys, epochs=a.epochs, batch_size=a.batch_size, verbose=0)
-            res["scratch"] = {"accuracy": s.evaluate(xt3, yt3)["accuracy"], "train_s": time.perf_counter() - t0}
+            t_train = time.perf_counter() - t0
+            res["scratch"] = {"accuracy": s.evaluate(xt3, yt3)["accuracy"], "train_s": t_train}
             rows.append(res)
             print(json.dumps(res), flush=True)
 
     # speed-up: head on cached features vs the frozen layers run in every epoch
     n = int(a.sizes.split(",")[0])
     xs, ys = select(x, y, classes, n, 0)
-    timing = {}
-    m = T.replace_head(base, len(classes), seed=0)
-    T.train_last(m, 1)
-    m.compile(optimizer="adam")
-    t0 = time.perf_counter()
-    m.fit(xs, ys, epochs=a.epochs, batch_size=a.batch_size, verbose=0)
-    timing["frozen_layers_every_epoch_s"] = time.perf_counter() - t0
-    m = T.replace_head(base, len(classes), seed=0)
-    T.train_last(m, 1)
-    t0 = time.perf_counter()
-    f = T.FeatureCache(tempfile.mkdtemp(prefix="nbcnn-features-")).get(m, xs, T.frozen_prefix(m) - 1)
-    timing["features_once_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    T.fit_head(m, f, ys, epochs=a.epochs, batch_size=a.batch_size, optimizer="adam", seed=0)
-    timing["head_on_cached_features_s"] = time.perf_counter() - t0
+    timing = {"frozen_layers_every_epoch_s": [], "features_once_s": [], "head_on_cached_features_s": []}
+    for r in range(3):  # best of 3 (the machine is shared)
+        m = T.replace_head(base, len(classes), seed=0)
+        T.train_last(m, 1)
+        m.compile(optimizer="adam")
+        t0 = time.perf_counter()
+        m.fit(xs, ys, epochs=a.epochs, batch_size=a.batch_size, verbose=0)
+        timing["frozen_layers_every_epoch_s"].append(time.perf_counter() - t0)
+        m = T.replace_head(base, len(classes), seed=0)
+        T.train_last(m, 1)
+        t0 = time.perf_counter()
+        f = T.FeatureCache(tempfile.mkdtemp(prefix="nbcnn-features-")).get(m, xs, T.frozen_prefix(m) - 1)
+        timing["features_once_s"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        T.fit_head(m, f, ys, epochs=a.epochs, batch_size=a.batch_size, optimizer="adam", seed=0)
+        timing["head_on_cached_features_s"].append(time.perf_counter() - t0)
+    timing = {k: min(v) for k, v in timing.items()}
     timing["speedup_head_only"] = timing["frozen_layers_every_epoch_s"] / timing["head_on_cached_features_s"]
     timing["speedup_incl_features"] = timing["frozen_layers_every_epoch_s"] / (
         timing["head_on_cached_features_s"] + timing["features_once_s"])
