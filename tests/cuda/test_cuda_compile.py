@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -143,3 +144,42 @@ def test_cupy_arrays_reach_numba_as_device_arrays():
     )
     res = _run(code)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="no ptxas (CUDA toolkit) on PATH")
+def test_kernels_fit_their_block_size_in_registers():
+    """A block needs regs/thread x threads <= 65536 registers, or the launch fails on the GPU.
+
+    ptxas from a CUDA toolkit assembles the PTX for sm_90 and reports register use. The PTX
+    version line is lowered to what this ptxas accepts (the kernels use no newer feature).
+    """
+    code = (
+        "import re, subprocess, tempfile, os\n"
+        "from numba import cuda, types\n"
+        "import nbcnn.kernels.cuda.conv as conv, nbcnn.kernels.cuda.pool, nbcnn.kernels.cuda.pad\n"
+        "from nbcnn.kernels.cuda.runtime import KERNELS, TPB\n"
+        "d = tempfile.mkdtemp()\n"
+        "for k in KERNELS:\n"
+        "    tpb = conv.RED_TPB if k.name == '_nk_to_kn_bias_grad' else TPB\n"
+        "    for f in (types.float32, types.float64):\n"
+        "        ptx, _ = cuda.compile_ptx(k.py_func, k.signature(f), cc=(9, 0))\n"
+        "        ptx = re.sub(r'^\\.version \\d+\\.\\d+', '.version 8.0', ptx, flags=re.M)\n"
+        "        path = os.path.join(d, k.name + '.ptx')\n"
+        "        open(path, 'w').write(ptx)\n"
+        "        r = subprocess.run(['ptxas', '-arch=sm_90', '-v', path, '-o', os.devnull],\n"
+        "                           capture_output=True, text=True)\n"
+        "        m = re.search(r'Used (\\d+) registers', r.stderr)\n"
+        "        if m is None:\n"
+        "            print('NOPTXAS', k.name, r.stderr.strip()[:300]); continue\n"
+        "        print(k.name, f, int(m.group(1)), tpb)\n"
+    )
+    res = _run(code)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    if lines and all(line.startswith("NOPTXAS") for line in lines):
+        pytest.skip(f"this ptxas cannot assemble the PTX: {lines[0][:200]}")
+    for line in lines:
+        assert not line.startswith("NOPTXAS"), line
+        name, f, regs, tpb = line.split()
+        per_thread = -(-int(regs) // 8) * 8  # allocation granularity
+        assert per_thread * int(tpb) <= 65536, f"{name}[{f}]: {regs} registers x {tpb} threads"

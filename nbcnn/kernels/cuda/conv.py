@@ -20,9 +20,11 @@ from numba import cuda, float64
 from .runtime import I64, MAX_BLOCKS, arr, kernel, xp_of
 
 # Threads per block of the bias-gradient kernel (= its shared array size; a power of two). The
-# kernel runs one block per filter, so few filters (LeNet: 6) mean few blocks: a full-size block
-# keeps enough loads in flight per SM to hide memory latency.
-RED_TPB = 1024
+# kernel runs one block per filter, so few filters (LeNet: 6) mean few blocks: a large block
+# keeps enough loads in flight per SM to hide memory latency. Not 1024: that would cap the
+# kernel at 64 registers per thread (it uses ~54 with numba-cuda 0.30; another version may use
+# more, and the launch would fail), see tests/cuda/test_cuda_compile.py.
+RED_TPB = 512
 
 
 _GEO = (I64,) * 8  # kh, kw, sh, sw, pt, pl, Ho, Wo
