@@ -1,9 +1,10 @@
 """Weight initialisers: He, Glorot (Xavier), LeCun, normal or uniform, plus constants.
 
-An initialiser is called as ``init(shape, fan_in, fan_out, dtype, rng)`` and
-returns a NumPy array. Draws are made directly in the target dtype
-(``Generator.standard_normal(dtype=float32)``), which is what keeps building
-VGG-16's 138 M weights to about a second.
+An initialiser is called as ``init(shape, fan_in, fan_out, dtype, rng, out=None)``
+and returns a NumPy array (``out`` when given: models draw straight into their
+flat parameter buffer). Draws are made directly in the target dtype
+(``Generator.standard_normal(dtype=float32, out=...)``): no float64
+temporaries and no copies, which keeps building VGG-16's 138 M weights fast.
 
 Variance rules: He ``2/fan_in`` (ReLU nets), Glorot ``2/(fan_in+fan_out)``
 (tanh/sigmoid), LeCun ``1/fan_in`` (the LeNet-era rule). Uniform variants
@@ -51,17 +52,18 @@ class _VarianceScaling(Initializer):
     mode = "fan_in"
     distribution = "normal"
 
-    def __call__(self, shape, fan_in, fan_out, dtype=np.float32, rng=None):
+    def __call__(self, shape, fan_in, fan_out, dtype=np.float32, rng=None, out=None):
         rng = self._rng(rng)
         fan = {"fan_in": fan_in, "fan_avg": (fan_in + fan_out) / 2.0}[self.mode]
         var = self.scale / max(1.0, float(fan))
         dtype = np.dtype(dtype)
         if self.distribution == "normal":
-            a = rng.standard_normal(shape, dtype=dtype)
+            a = rng.standard_normal(shape, dtype=dtype) if out is None else \
+                rng.standard_normal(dtype=dtype, out=out)
             a *= dtype.type(math.sqrt(var))
         else:
             limit = math.sqrt(3.0 * var)
-            a = rng.random(shape, dtype=dtype)
+            a = rng.random(shape, dtype=dtype) if out is None else rng.random(dtype=dtype, out=out)
             a *= dtype.type(2 * limit)
             a -= dtype.type(limit)
         return a
@@ -96,7 +98,10 @@ class Constant(Initializer):
         super().__init__(None)
         self.value = float(value)
 
-    def __call__(self, shape, fan_in, fan_out, dtype=np.float32, rng=None):
+    def __call__(self, shape, fan_in, fan_out, dtype=np.float32, rng=None, out=None):
+        if out is not None:
+            out.fill(self.value)
+            return out
         return np.full(shape, self.value, dtype=dtype)
 
     def get_config(self) -> dict:

@@ -92,7 +92,6 @@ def act_backward(gy, y, act: str, out=None):
             out = np.empty_like(y)
         _ak.act_backward(gy.reshape(-1), y.reshape(-1), out.reshape(-1), _ak.CODES[act])
         return out
-    xp = _xp(y)
     if act == "relu":
         r = gy * (y > 0)
     elif act == "tanh":
@@ -205,8 +204,14 @@ class Layer:
         self.params = [a if xp is np else xp.asarray(a) for a in arrays]
         self.grads = [xp.zeros_like(p) for p in self.params]
 
-    def _init_params(self, dtype, rng) -> list:
+    def _init_params(self, dtype, rng, outs=None) -> list:
         return []
+
+    def _init_into(self, views, rng) -> None:
+        """Initialise the weights straight into ``views`` (slices of a model's flat buffer)."""
+        self._init_params(views[0].dtype if views else np.float32, rng, outs=views)
+        self.params = list(views)
+        self.grads = []
 
     def get_weights(self) -> list:
         """Copies of the weights as NumPy arrays (Keras order: kernel, bias)."""
@@ -324,12 +329,13 @@ class Conv2D(Layer):
             shapes.append((self.filters,))
         return (self.filters, Ho, Wo), shapes
 
-    def _init_params(self, dtype, rng):
+    def _init_params(self, dtype, rng, outs=None):
         K, C, kh, kw = self._param_shapes[0]
         fan_in, fan_out = C * kh * kw, K * kh * kw
-        out = [self.kernel_initializer((K, C, kh, kw), fan_in, fan_out, dtype, rng)]
+        outs = outs or [None, None]
+        out = [self.kernel_initializer((K, C, kh, kw), fan_in, fan_out, dtype, rng, out=outs[0])]
         if self.use_bias:
-            out.append(self.bias_initializer((K,), fan_in, fan_out, dtype, rng))
+            out.append(self.bias_initializer((K,), fan_in, fan_out, dtype, rng, out=outs[1]))
         return out
 
     def forward(self, x, training=False):
@@ -493,11 +499,12 @@ class Dense(Layer):
             shapes.append((self.units,))
         return (self.units,), shapes
 
-    def _init_params(self, dtype, rng):
+    def _init_params(self, dtype, rng, outs=None):
         fin, fout = self._param_shapes[0]
-        out = [self.kernel_initializer((fin, fout), fin, fout, dtype, rng)]
+        outs = outs or [None, None]
+        out = [self.kernel_initializer((fin, fout), fin, fout, dtype, rng, out=outs[0])]
         if self.use_bias:
-            out.append(self.bias_initializer((fout,), fin, fout, dtype, rng))
+            out.append(self.bias_initializer((fout,), fin, fout, dtype, rng, out=outs[1]))
         return out
 
     def forward(self, x, training=False):

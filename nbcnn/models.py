@@ -146,18 +146,41 @@ class Sequential:
         self._configure()
         if self._flat is not None:
             return
+        if all(l.params for l in self.layers if l._param_shapes):
+            self._adopt()  # layers built on their own (or re-adopting after add): keep their weights
+            return
+        # fresh model: draw every weight straight into one flat host buffer (no copies)
         init_rng = np.random.default_rng([self.seed, 0])
-        shape = self.input_shape
+        total = sum(int(np.prod(s)) for l in self.layers for s in l._param_shapes)
+        host = np.empty(total, dtype=self.dtype)
+        off = 0
         for layer in self.layers:
-            layer.build(shape, dtype=self.dtype, rng=init_rng, xp=np)
-            shape = layer._out
-        self._adopt()
+            views = []
+            for s in layer._param_shapes:
+                n = int(np.prod(s))
+                views.append(host[off:off + n].reshape(s))
+                off += n
+            if layer.params:  # built earlier (e.g. set_weights on the layer): keep its values
+                for v, p in zip(views, layer.params):
+                    v[...] = to_numpy(p)
+                layer.params = views
+            else:
+                layer._init_into(views, init_rng)
+        self._adopt(host)
 
-    def _adopt(self) -> None:
-        """Move every layer's parameters into one flat buffer (layers keep views)."""
+    def _adopt(self, host=None) -> None:
+        """Move every layer's parameters into one flat buffer (layers keep views).
+
+        ``host``: a NumPy buffer the layers' params are already views of (used as is on the CPU).
+        """
         xp = self.xp
         total = sum(int(p.size) for l in self.layers for p in l.params)
-        flat = xp.empty(total, dtype=self.dtype)
+        if host is not None and xp is np:
+            flat = host
+        elif host is not None:
+            flat = xp.asarray(host)
+        else:
+            flat = xp.empty(total, dtype=self.dtype)
         off = 0
         self._spans = []
         for layer in self.layers:
@@ -165,7 +188,8 @@ class Sequential:
             views = []
             for p in layer.params:
                 v = flat[off:off + p.size].reshape(p.shape)
-                v[...] = xp.asarray(p) if xp is not np else p
+                if host is None:
+                    v[...] = xp.asarray(p) if xp is not np else p
                 views.append(v)
                 off += p.size
             layer.params = views
@@ -521,7 +545,7 @@ class Sequential:
                                 f"got {type(x).__name__}")
             if validation_split:
                 raise ValueError("validation_split needs array inputs; pass validation_data= instead")
-            source, steps, n_train = x, (len(x) if hasattr(x, "__len__") else None), None
+            source, steps = x, (len(x) if hasattr(x, "__len__") else None)
         else:
             if y is None:
                 raise ValueError("fit: y (labels) is required with array inputs")
@@ -535,7 +559,7 @@ class Sequential:
                 validation_data = (x[-n_val:], y[-n_val:])
                 x, y = x[:-n_val], y[:-n_val]
             source = BatchIterator(x, y, batch_size=batch_size, shuffle=shuffle, seed=[self.seed, 2])
-            steps, n_train = len(source), x.shape[0]
+            steps = len(source)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (x_val, y_val)")

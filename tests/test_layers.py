@@ -192,3 +192,24 @@ def test_layer_config_round_trip():
         cfg = L.serialize(layer)
         again = L.deserialize(cfg)
         assert L.serialize(again) == cfg
+
+
+@pytest.mark.parametrize("act,pool", [("relu", "max"), ("tanh", "avg")])
+def test_float32_fast_paths_match_float64_gradients(rng, act, pool):
+    """The float32 path (Numba element-wise kernels, fused bias+activation) vs the float64 path
+    (NumPy expressions, checked by finite differences above) on LeNet-5 itself."""
+    from nbcnn import zoo
+
+    a = zoo.lenet5(activation=act, pooling=pool, seed=3, device="cpu")
+    b = nbcnn.Sequential([L.deserialize(L.serialize(l)) for l in a.layers], device="cpu", dtype="float64")
+    b.set_weights([w.astype(np.float64) for w in a.get_weights()])
+    a.compile()
+    b.compile()
+    x = rng.random((8, 1, 28, 28))
+    y = rng.integers(0, 10, 8)
+    la, ga = a.gradients(x.astype(np.float32), y)
+    lb, gb = b.gradients(x, y)
+    assert abs(la - lb) < 1e-5
+    for g32, g64 in zip(ga, gb):
+        assert g32.dtype == np.float32
+        assert np.abs(g32 - g64).max() <= 5e-6 * np.abs(g64).max() + 1e-9
