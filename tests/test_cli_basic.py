@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import common, loading
-from cli.main import cli
+from nbcnn.cli import common, loading
+from nbcnn.cli.main import cli
 
 COMMANDS = ["train", "evaluate", "predict", "summary", "bench", "info"]
 
@@ -226,7 +226,7 @@ def test_plots_without_matplotlib_say_how_to_install(monkeypatch, tmp_path):
 
 
 def test_import_nbcnn_and_cli_do_not_import_matplotlib():
-    code = ("import sys, nbcnn, nbcnn.plots, cli.main; "
+    code = ("import sys, nbcnn, nbcnn.plots, nbcnn.cli.main; "
             "print(any(m.split('.')[0] in ('matplotlib', 'cupy', 'torch') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import nbcnn
-from cli.main import cli
+from nbcnn.cli.main import cli
 
 TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--val-split", "0.2",
         "--seed", "7"]
@@ -162,7 +162,7 @@ def test_train_on_the_bundled_sample_with_a_notice(runner, tmp_path, monkeypatch
 def test_train_defaults(runner, tmp_path, monkeypatch):
     """No options: LeNet-5, MNIST, adam, 10 epochs, written to ./lenet5-mnist.nbcnn (checked via --help
     and a dry look at the option defaults, not a 10-epoch run)."""
-    from cli.train import train
+    from nbcnn.cli.train import train
 
     defaults = {p.name: p.default for p in train.params}
     assert defaults["model"] == "lenet5" and defaults["dataset"] == "mnist"
