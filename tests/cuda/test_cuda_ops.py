@@ -161,6 +161,21 @@ def test_conv2d_no_bias_no_ctx_and_no_gx():
     assert_close(gb, rgb, np.float32, "gb")
 
 
+def test_conv2d_large_columns_are_recomputed_not_kept(monkeypatch):
+    rng, x, w, b = _conv_data(2, 2, 5, 5, 3, 3, 3, np.float32, seed=8)
+    gy = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    monkeypatch.setattr(kconv, "CTX_COL_BYTES", 0)
+    ctx = {}
+    with Launches() as n:
+        on_cuda(lambda x, w: ops.conv2d(x, w, None, 1, 1, ctx=ctx), x, w)
+        gx, gw, gb = on_cuda(lambda gy, x, w: ops.conv2d_backward(gy, x, w, 1, 1, ctx=ctx), gy, x, w)
+    assert "col" not in ctx
+    assert n.delta["_im2col"] == 2
+    rgx, rgw, _ = ref.conv2d_backward(gy, x, w, (1, 1), (1, 1, 1, 1))
+    assert_close(gx, rgx, np.float32, "gx")
+    assert_close(gw, rgw, np.float32, "gw")
+
+
 def test_conv2d_backward_is_deterministic():
     rng, x, w, b = _conv_data(2, 3, 6, 6, 4, 3, 3, np.float32, seed=2)
     gy = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)

@@ -27,6 +27,10 @@ from .runtime import I64, MAX_BLOCKS, arr, kernel, xp_of
 RED_TPB = 512
 
 
+# Largest column matrix a layer keeps (in its ctx) from forward to backward. im2col is cheap on
+# a GPU and memory is not: VGG-16 at 224x224, batch 32, would otherwise hold ~4 GB per layer.
+CTX_COL_BYTES = 256 * 2**20
+
 _GEO = (I64,) * 8  # kh, kw, sh, sw, pt, pl, Ho, Wo
 
 
@@ -179,7 +183,10 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
     col = _col(x, w.shape, stride, pads, geo, buf)
     if ctx is not None:
         ctx.clear()
-        ctx.update(key=key, col=col)
+        if col.nbytes <= CTX_COL_BYTES:
+            ctx.update(key=key, col=col)
+        # else the backward recomputes the columns: one more im2col instead of holding
+        # C*kh*kw copies of the input per layer on the GPU until the backward pass
     y2 = xp.matmul(w.reshape(K, R), col)
     bias = b if b is not None else xp.zeros(K, dtype=x.dtype)
     y = xp.empty((N, K, Ho, Wo), dtype=x.dtype)
