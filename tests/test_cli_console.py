@@ -95,3 +95,34 @@ def test_console_user_error_exit_code_and_verbose(nbcnn_cli, tmp_path):
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "Error: model file not found: missing.nbcnn"
+
+
+def test_console_sigint_from_outside(tmp_path):
+    """Ctrl-C at an arbitrary moment (here: right after the first epoch line) -> exit 130 and a
+    checkpoint that resumes; a second Ctrl-C is not needed and no traceback is printed."""
+    import signal
+
+    import nbcnn
+
+    env = dict(os.environ, NBCNN_OFFLINE="1", NBCNN_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env.pop("NBCNN_TEST_INTERRUPT_AFTER", None)
+    proc = subprocess.Popen([_script(), "train", "--epochs", "500", *RUN, "--out", "long.nbcnn"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch 1/500"):
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Resume with: nbcnn train --resume long.ckpt.nbcnn" in err
+    ckpt = nbcnn.load_model(tmp_path / "long.ckpt.nbcnn")
+    done = int(ckpt.progress["epoch"])
+    assert done >= 1
+    p = subprocess.run([_script(), "train", "--resume", "long.ckpt.nbcnn", "--epochs", str(done + 1)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert f"epoch {done + 1}/{done + 1}" in p.stdout and (tmp_path / "long.nbcnn").exists()
