@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from numba import cuda, float64
 
+from ..geometry import output_size
 from .runtime import I64, MAX_BLOCKS, arr, kernel, xp_of
 
 # Threads per block of the bias-gradient kernel (= its shared array size; a power of two). The
@@ -155,8 +156,7 @@ def _geometry(x_shape, w_shape, stride, pads):
     K, _, kh, kw = w_shape
     sh, sw = stride
     pt, pb, pl, pr = pads
-    Ho = (H + pt + pb - kh) // sh + 1
-    Wo = (W + pl + pr - kw) // sw + 1
+    Ho, Wo = output_size(H, kh, pt, pb, sh), output_size(W, kw, pl, pr, sw)
     return N, C, K, kh, kw, sh, sw, pt, pl, Ho, Wo
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, types
 
+from ..geometry import output_size
 from .runtime import I64, arr, kernel, xp_of
 
 _WIN = (I64,) * 6  # kh, kw, sh, sw, pt, pl
@@ -110,7 +111,7 @@ def _out_shape(shape, size, stride, pads):
     kh, kw = size
     sh, sw = stride
     pt, pb, pl, pr = pads
-    return N, C, (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
+    return N, C, output_size(H, kh, pt, pb, sh), output_size(W, kw, pl, pr, sw)
 
 
 def _planes(a):
