@@ -296,6 +296,10 @@ class Trainer:
         except OSError as exc:
             raise common.UserError(f"cannot create the folder for --out {out}: {exc.strerror or exc}") from None
         self.verbose = not opts["quiet"]
+        ck = self.paths["checkpoint"]
+        if ck.exists() and (opts["resume"] is None or Path(opts["resume"]).resolve() != ck.resolve()):
+            common.notice(f"Notice: {ck} (an interrupted run) will be replaced; to continue that run instead: "
+                          f"nbcnn train --resume {ck}")
         if self.state is not None:
             self.history = {k: list(v) for k, v in self.state["history"].items()}
             self.elapsed_before = float(self.state.get("elapsed_s", 0.0))

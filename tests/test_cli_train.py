@@ -357,3 +357,15 @@ def test_summary_zoo_names_and_files(runner, trained):
     assert res.exit_code == 0 and "Total params: 61,706" in res.output
     res = runner.invoke(cli, ["summary", "resnet"])
     assert res.exit_code == 1 and "unknown model 'resnet'" in res.output and "lenet5" in res.output
+
+
+def test_a_fresh_run_says_it_replaces_an_interrupted_one(runner, tmp_path, monkeypatch):
+    args = ["train", "--epochs", "1", "--train-size", "120", "--test-size", "10", "--batch-size", "40", "--no-plot",
+            "--out", str(tmp_path / "r.nbcnn")]
+    monkeypatch.setenv("NBCNN_TEST_INTERRUPT_AFTER", "1")
+    assert runner.invoke(cli, args).exit_code == 130
+    monkeypatch.delenv("NBCNN_TEST_INTERRUPT_AFTER")
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert f"{tmp_path / 'r.ckpt.nbcnn'} (an interrupted run) will be replaced" in res.output
+    assert f"nbcnn train --resume {tmp_path / 'r.ckpt.nbcnn'}" in res.output
