@@ -280,22 +280,22 @@ def launch_overhead():
         print(f"nbcnn launcher passes CuPy arrays as {'device-array stand-ins' if fast_default else 'interfaces'}")
     import warnings
 
-    warnings.simplefilter("ignore")  # Numba's low-occupancy warnings for these 1-block launches
-    for name, fn in variants:
-        try:
-            fn()
-            sync()
-            t = time.perf_counter()
-            for _ in range(n):
+    with warnings.catch_warnings():  # Numba's low-occupancy warnings for these 1-block launches
+        warnings.simplefilter("ignore")
+        for name, fn in variants:
+            try:
                 fn()
-            host = (time.perf_counter() - t) / n
-            sync()
-        except Exception as exc:
-            print(f"{name:22s} failed: {type(exc).__name__}: {exc}"[:300])
-            continue
-        res[name] = round(host * 1e6, 1)
-        print(f"{name:22s} {host * 1e6:8.1f} us/launch (host time)")
-    warnings.resetwarnings()
+                sync()
+                t = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                host = (time.perf_counter() - t) / n
+                sync()
+            except Exception as exc:
+                print(f"{name:22s} failed: {type(exc).__name__}: {exc}"[:300])
+                continue
+            res[name] = round(host * 1e6, 1)
+            print(f"{name:22s} {host * 1e6:8.1f} us/launch (host time)")
     RESULTS["launch_us"] = res
 
 
