@@ -241,6 +241,10 @@ class _CliCallback(Callback):
         self.bar = ProgressBar(self.steps, prefix=f"epoch {epoch + 1}/{self.t.opts['epochs']}",
                                enabled=None if self.t.verbose else False)
         self.seen = 0
+        if self.bar.enabled and self.batches_run == 0:
+            # Something to look at while the first batch runs (a cold kernel cache compiles for seconds).
+            self.bar.stream.write(f"{self.bar.prefix} - starting ...")
+            self.bar.stream.flush()
 
     def on_batch_end(self, batch, logs=None):
         logs = logs or {}
