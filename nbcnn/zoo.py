@@ -93,12 +93,13 @@ def vgg19(num_classes: int = 1000, input_shape=(3, 224, 224), dropout: float = 0
                 "vgg19", device, seed)
 
 
-def small_vgg(num_classes: int = 10, input_shape=(1, 28, 28), widths=(32, 64), convs_per_block: int = 2,
+def small_vgg(num_classes: int = 10, input_shape=(1, 28, 28), widths=(16, 32), convs_per_block: int = 2,
               dense: int = 128, dropout: float = 0.3, device="auto", seed=None) -> Sequential:
     """A small VGG-style net for 28x28 images (Fashion-MNIST): blocks of 3x3 'same' ReLU convs + 2x2 max pool.
 
-    Default: [conv 32, conv 32, pool] [conv 64, conv 64, pool] -> dense 128 -> dropout -> classes
-    (467,818 parameters with the defaults).
+    Default: [conv 16, conv 16, pool] [conv 32, conv 32, pool] -> dense 128 -> dropout 0.3 -> classes
+    (218,490 parameters, ~10 MFLOP per image forward: trains on a laptop CPU in minutes).
+    ``widths=(32, 64)`` doubles the channels (467,818 parameters, ~4x the compute).
     """
     layers = []
     for filters in widths:
