@@ -169,6 +169,11 @@ def guarded(func, *args, **kwargs):
         if verbose_requested():
             traceback.print_exc()
         raise
+    except click.UsageError as exc:
+        # click prints usage + a blank line + the error; one line with the way to help is enough.
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        error(exc.format_message() + hint)
+        raise click.exceptions.Exit(EXIT_USAGE) from None
     except (click.exceptions.Exit, click.Abort, click.ClickException):
         raise
     except KeyboardInterrupt:
@@ -194,6 +199,10 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         return guarded(super().invoke, ctx)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        # Errors in the group's own options (``nbcnn --bogus``) get the same one-line treatment.
+        return guarded(super().make_context, info_name, args, parent=parent, **extra)
 
 
 def _describe(exc: BaseException) -> str:
