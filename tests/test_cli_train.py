@@ -158,7 +158,8 @@ def test_train_on_the_bundled_sample_with_a_notice(runner, tmp_path, monkeypatch
     res = runner.invoke(cli, ["train", "--epochs", "1", "--train-size", "100", "--test-size", "50",
                               "--no-plot", "--out", str(tmp_path / "s.nbcnn")])
     assert res.exit_code == 0, res.output
-    assert "bundled sample" in res.output  # the library's notice (stderr) and our banner
+    assert "using the bundled sample" in res.output  # the library's one-line notice (stderr)
+    assert "on mnist (bundled sample):" in res.output  # and the banner
     assert json.loads((tmp_path / "s.metrics.json").read_text())["bundled_sample"] is True
 
 
