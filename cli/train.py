@@ -419,6 +419,12 @@ class Trainer:
         if self.state is not None:
             where = f"epoch {epoch + 1} after batch {batch}/{steps}" if batch else f"the end of epoch {epoch}"
             self.say(f"Resuming from {o['resume']} at {where}")
+            decay_steps = getattr(getattr(model.optimizer, "lr", None), "decay_steps", None)
+            if decay_steps:
+                planned = -(-int(decay_steps) // steps)
+                if o["epochs"] > planned:
+                    common.notice(f"Notice: the learning-rate schedule of this run ends at epoch {planned}; "
+                                  f"epochs {planned + 1}-{o['epochs']} train with its final rate")
 
     def _epoch_line(self, epoch):
         h = self.history
