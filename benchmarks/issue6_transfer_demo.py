@@ -23,7 +23,9 @@ def main():
     ap.add_argument("--classes", default="0,1,2")
     ap.add_argument("--sizes", default="300")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=40, help="epochs for every variant")
+    ap.add_argument("--epochs", type=int, default=40, help="epochs from scratch (and for the speed-up timing)")
+    ap.add_argument("--head-epochs", type=int, default=200,
+                    help="epochs for the transfer variants (cheap on cached features)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -56,7 +58,7 @@ def main():
                 f = cache.get(m, xs, start - 1)
                 t_feat = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                T.fit_head(m, f, ys, start=start, epochs=a.epochs, batch_size=a.batch_size,
+                T.fit_head(m, f, ys, start=start, epochs=a.head_epochs, batch_size=a.batch_size,
                            optimizer="adam", seed=seed)
                 t_train = time.perf_counter() - t0
                 res[name] = {"accuracy": m.evaluate(xt3, yt3)["accuracy"], "train_s": t_train, "features_s": t_feat}
