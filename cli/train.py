@@ -295,10 +295,13 @@ class Trainer:
         out = opts["out"] or (_model_path_for(opts["resume"]) if opts["resume"] is not None
                               else Path(f"{opts['model']}-{opts['dataset']}.nbcnn"))
         self.paths = _paths(Path(out))
+        folder = self.paths["model"].parent
         try:  # fail now, not after hours of training, when the output folder cannot be made
-            self.paths["model"].parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise common.UserError(f"cannot create the folder for --out {out}: {exc.strerror or exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise common.UserError(f"cannot write the model to {folder}: permission denied (pass --out PATH)")
         self.verbose = not opts["quiet"]
         ck = self.paths["checkpoint"]
         if ck.exists() and (opts["resume"] is None or Path(opts["resume"]).resolve() != ck.resolve()):
