@@ -20,7 +20,7 @@ def runner():
     return CliRunner()
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) | set(cli.commands)))
 def test_every_command_has_help_with_examples(runner, command):
     res = runner.invoke(cli, [command, "--help"])
     assert res.exit_code == 0, res.output
