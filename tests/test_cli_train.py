@@ -74,6 +74,11 @@ def test_train_writes_model_metrics_and_curves(trained):
     pred = model.predict(xt).argmax(axis=1)
     assert metrics["test"]["accuracy"] == pytest.approx(float(np.mean(pred == yt)))
     assert f"test accuracy {metrics['test']['accuracy']:.2%}" in out
+    # The validation line is the last 60 of the first 300 training images (Keras' validation_split).
+    (xtr, ytr), _ = nbcnn.datasets.load_mnist(quiet=True)
+    pv = model.predict(xtr[240:300]).argmax(axis=1)
+    assert h["val_accuracy"][-1] == pytest.approx(float(np.mean(pv == ytr[240:300])))
+    assert f"val_acc {h['val_accuracy'][-1]:.2%}" in out
     assert model.metadata["dataset"] == "mnist"
     assert not path.with_name("m.ckpt.nbcnn").exists()  # the checkpoint is gone once the model is written
     if nbcnn.plots.matplotlib_available():
