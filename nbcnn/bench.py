@@ -737,7 +737,13 @@ def _run_child(code: str, env: dict, timeout: float, args=()) -> dict:
 # Child: time from `import nbcnn` to the first conv result, then each kernel
 # group's first call (compile or cache load) minus its second call.
 _STARTUP_OPS = r"""
-import time, json, resource
+import time, json
+def _hwm():
+    # VmHWM (this process's own peak): ru_maxrss would carry the parent's peak over fork + exec
+    with open("/proc/self/status") as f:
+        for ln in f:
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1]) / 1024
 t0 = time.perf_counter()
 import nbcnn
 from nbcnn import ops
@@ -771,12 +777,18 @@ t_groups = time.perf_counter() - tc
 import numba
 print(json.dumps({"import_s": t_import, "first_conv_s": t_first, "groups_s": groups, "groups_total_s": t_groups,
                   "cache_dir": numba.config.CACHE_DIR,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": _hwm()}))
 """
 
 # Child: time from `import nbcnn` to the end of the first LeNet-5 training step.
 _STARTUP_TRAIN = r"""
-import time, json, resource
+import time, json
+def _hwm():
+    # VmHWM (this process's own peak): ru_maxrss would carry the parent's peak over fork + exec
+    with open("/proc/self/status") as f:
+        for ln in f:
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1]) / 1024
 t0 = time.perf_counter()
 import nbcnn
 import numpy as np
@@ -791,7 +803,7 @@ t = time.perf_counter(); model.train_on_batch(x, y); second = time.perf_counter(
 import numba
 print(json.dumps({"import_s": t_import, "built_s": t_build, "first_step_s": t_step, "second_step_s": second,
                   "cache_dir": numba.config.CACHE_DIR,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": _hwm()}))
 """
 
 
@@ -830,7 +842,13 @@ def run_startup(what=("conv", "train"), threads: int = 2, timeout: float = 600, 
 # child must not import nbcnn (numba + llvmlite would count against torch), so
 # it builds the network from _TORCH_LENET_SRC.
 _MEMORY = r"""
-import json, resource, sys, time
+import json, sys, time
+def _hwm():
+    # VmHWM (this process's own peak): ru_maxrss would carry the parent's peak over fork + exec
+    with open("/proc/self/status") as f:
+        for ln in f:
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1]) / 1024
 which, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def rss():
     with open("/proc/self/status") as f:
@@ -873,7 +891,7 @@ for _ in range(steps):
 dt = time.perf_counter() - t
 print(json.dumps({"which": which, "rss_start_mb": base, "rss_after_import_mb": after_import,
                   "rss_after_build_mb": built, "rss_end_mb": rss(),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": _hwm(),
                   "steps": steps, "steps_s": dt}))
 """
 
