@@ -120,9 +120,9 @@ SCRIPT = textwrap.dedent("""
     x = np.zeros((4000, 1, 8, 8), np.uint8); y = np.zeros(4000)
     src = online_batches(x, y, 2, "rotate=5", seed=0, workers=2)
     it = iter(src)
-    next(it)
-    print(" ".join(str(p.pid) for p in src._pool.procs), flush=True)
     try:
+        next(it)
+        print(" ".join(str(p.pid) for p in src._pool.procs), flush=True)
         for b in it:
             time.sleep(0.01)
     except KeyboardInterrupt:
