@@ -231,3 +231,25 @@ def test_empty_batch():
     assert ops.max_pool2d(x, 2).shape == (0, 2, 2, 2)
     assert ops.avg_pool2d(x, 2).shape == (0, 2, 2, 2)
 
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_conv2d_chunked_im2col_matches_reference(monkeypatch, chunk):
+    """Force several im2col chunks (incl. a shorter last one and single-sample chunks)."""
+    from nbcnn.kernels.cpu import conv as cpu_conv
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 4, 7, 6))
+    w = rng.standard_normal((3, 4, 3, 2))
+    b = rng.standard_normal(3)
+    stride, pads = (2, 1), (1, 1, 0, 1)
+    Ho, Wo = (7 + 2 - 3) // 2 + 1, (6 + 1 - 2) // 1 + 1
+    monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", chunk * 4 * 3 * 2 * Ho * Wo * 8)
+    assert cpu_conv.chunk_size(5, 4 * 3 * 2, Ho * Wo, 8) == chunk
+    for ctx in ({}, None):
+        y = ops.conv2d(x, w, b, stride, pads, ctx=ctx)
+        np.testing.assert_allclose(y, ref.conv2d(x, w, b, stride, pads), rtol=1e-10, atol=1e-10)
+        gy = rng.standard_normal(y.shape)
+        got = ops.conv2d_backward(gy, x, w, stride, pads, ctx=ctx)
+        for g, r in zip(got, ref.conv2d_backward(gy, x, w, stride, pads)):
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)

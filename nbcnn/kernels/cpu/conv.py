@@ -1,15 +1,22 @@
-"""Convolution (cross-correlation) on the CPU: im2col + BLAS GEMM, or direct loops.
+"""Convolution (cross-correlation) on the CPU: chunked im2col + BLAS GEMM, or direct loops.
 
 Two algorithms, chosen per shape (measured on 2 cores, see shared notes):
 
-* **im2col**: the whole batch becomes one ``(C*kh*kw, N*Ho*Wo)`` column
-  matrix, so the forward is ONE GEMM, the weight gradient one GEMM and the
-  column gradient one GEMM; padding and stride are fused into im2col/col2im.
+* **im2col**, in chunks of ``nb`` samples small enough that the column
+  matrix ``(C*kh*kw, nb*Ho*Wo)`` stays in cache (~12 MB): im2col writes it,
+  the GEMM reads it back at once. One whole-batch column matrix (75 MB on a
+  VGG layer) made im2col/col2im DRAM-bound and cost as much as the GEMMs.
+  With ``nb == 1`` the GEMM writes straight into the NCHW output (and reads
+  the NCHW gradient), so no (K, N*P) <-> (N, K, P) transposes are needed.
+  Padding and stride are fused into im2col/col2im; 1x1 stride-1 convolutions
+  skip im2col (the input *is* the column matrix).
 * **direct** ("flat" stride-1 loops) for few input channels (LeNet conv1):
   each (c, i, j) term is one long contiguous axpy over the padded width,
   which LLVM vectorises; no column matrix at all.
 
-col2im is a gather per (n, c) plane: race-free, deterministic.
+Every parallel loop writes disjoint outputs (col2im is a gather per (n, c)
+plane, the bias gradient one task per filter), and the chunking depends on
+shapes only, so results are identical run to run and for any thread count.
 """
 from __future__ import annotations
 
@@ -18,6 +25,11 @@ from numba import njit, prange
 
 from .pad import pad2d
 from .scratch import scratch
+
+# Column-matrix bytes per chunk: small enough to stay in L3 between im2col
+# and the GEMM, large enough to keep the number of parallel regions (each a
+# barrier, costly on a loaded 2-core machine) and per-call overheads low.
+CHUNK_BYTES = 12 << 20
 
 
 @njit(inline="always")
@@ -35,13 +47,15 @@ def _valid_range(j, pl, sw, W, Wo):
 
 
 @njit(parallel=True, cache=True)
-def _im2col(x, kh, kw, sh, sw, pt, pl, Ho, Wo, col):
-    N, C, H, W = x.shape
+def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, Ho, Wo, col):
+    """Samples n0..n0+nb of x -> col (C*kh*kw, nb*Ho*Wo), zero where the window hits padding."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     P = Ho * Wo
     R = C * kh * kw
-    for t in prange(R * N):
-        r = t // N
-        n = t - r * N
+    for t in prange(R * nb):
+        r = t // nb
+        nl = t - r * nb
+        n = n0 + nl
         c = r // (kh * kw)
         ij = r - c * (kh * kw)
         i = ij // kw
@@ -50,7 +64,7 @@ def _im2col(x, kh, kw, sh, sw, pt, pl, Ho, Wo, col):
         row = col[r]
         for oh in range(Ho):
             ih = oh * sh - pt + i
-            o = n * P + oh * Wo
+            o = nl * P + oh * Wo
             if ih < 0 or ih >= H:
                 for ow in range(Wo):
                     row[o + ow] = 0
@@ -70,13 +84,14 @@ def _im2col(x, kh, kw, sh, sw, pt, pl, Ho, Wo, col):
 
 
 @njit(parallel=True, cache=True)
-def _col2im(col, kh, kw, sh, sw, pt, pl, Ho, Wo, gx):
-    N, C, H, W = gx.shape
+def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, Ho, Wo, gx):
+    """Gather col (C*kh*kw, nb*Ho*Wo) back into planes n0..n0+nb of gx (overwritten)."""
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     P = Ho * Wo
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        g = gx[n, c]
+    for t in prange(nb * C):
+        nl = t // C
+        c = t - nl * C
+        g = gx[n0 + nl, c]
         for h in range(H):
             for w in range(W):
                 g[h, w] = 0
@@ -89,7 +104,7 @@ def _col2im(col, kh, kw, sh, sw, pt, pl, Ho, Wo, gx):
                     if ih < 0 or ih >= H:
                         continue
                     dst = g[ih]
-                    o = n * P + oh * Wo
+                    o = nl * P + oh * Wo
                     if sw == 1:
                         d = j - pl
                         for ow in range(lo, hi):
@@ -100,34 +115,59 @@ def _col2im(col, kh, kw, sh, sw, pt, pl, Ho, Wo, gx):
 
 
 @njit(parallel=True, cache=True)
-def _kn_to_nk_bias(y2, b, y):
-    """(K, N*P) GEMM result -> (N, K, P) output, adding the bias on the way."""
-    N, K, P = y.shape
-    for t in prange(N * K):
-        n = t // K
-        k = t - n * K
+def _kn_to_nk_bias(y2, b, n0, y):
+    """(K, nb*P) GEMM result -> samples n0.. of the (N, K, P) output, adding the bias."""
+    K, P = y.shape[1], y.shape[2]
+    nb = y2.shape[1] // P
+    for t in prange(nb * K):
+        nl = t // K
+        k = t - nl * K
         bk = b[k]
         src = y2[k]
-        dst = y[n, k]
-        o = n * P
+        dst = y[n0 + nl, k]
+        o = nl * P
         for p in range(P):
             dst[p] = src[o + p] + bk
 
 
 @njit(parallel=True, cache=True)
-def _nk_to_kn_bias_grad(gy, out, gb):
-    """(N, K, P) gradient -> (K, N*P) for the GEMMs, and the bias gradient."""
+def _add_bias(y, n0, nb, b):
+    """y[n, k, :] += b[k] for samples n0..n0+nb of the (N, K, P) output."""
+    K, P = y.shape[1], y.shape[2]
+    for t in prange(nb * K):
+        nl = t // K
+        k = t - nl * K
+        bk = b[k]
+        dst = y[n0 + nl, k]
+        for p in range(P):
+            dst[p] += bk
+
+
+@njit(parallel=True, cache=True)
+def _nk_to_kn(gy, n0, out):
+    """Samples n0.. of the (N, K, P) gradient -> (K, nb*P) for the GEMMs."""
+    K, P = gy.shape[1], gy.shape[2]
+    nb = out.shape[1] // P
+    for t in prange(K * nb):
+        k = t // nb
+        nl = t - k * nb
+        src = gy[n0 + nl, k]
+        dst = out[k]
+        o = nl * P
+        for p in range(P):
+            dst[o + p] = src[p]
+
+
+@njit(parallel=True, cache=True)
+def _bias_grad(gy, gb):
+    """gb[k] = sum of gy[:, k, :] (float64 accumulation, fixed order)."""
     N, K, P = gy.shape
     for k in prange(K):
         s = 0.0
-        dst = out[k]
         for n in range(N):
             src = gy[n, k]
-            o = n * P
             for p in range(P):
-                v = src[p]
-                dst[o + p] = v
-                s += v
+                s += src[p]
         gb[k] = s
 
 
@@ -200,58 +240,120 @@ def use_direct(x_shape, w_shape, stride) -> bool:
     return stride == (1, 1) and C <= 3 and kh * kw >= 4
 
 
+def _is_pointwise(w_shape, stride, pads) -> bool:
+    """1x1, stride 1, no padding: the input planes already are the column matrix."""
+    return w_shape[2] == 1 and w_shape[3] == 1 and stride == (1, 1) and not any(pads)
+
+
+def chunk_size(N, R, P, itemsize) -> int:
+    """Samples per im2col chunk (depends on shapes only: results never depend on timing)."""
+    return max(1, min(N, CHUNK_BYTES // max(1, R * P * itemsize)))
+
+
 def conv2d_forward(x, w, b, stride, pads, ctx=None):
     N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo = _geometry(x.shape, w.shape, stride, pads)
-    bias = b if b is not None else np.zeros(K, dtype=x.dtype)
     y = np.empty((N, K, Ho, Wo), dtype=x.dtype)
     key = (x.shape, w.shape, stride, pads)
+    if ctx is not None:
+        ctx.clear()
+        ctx["key"] = key
     if use_direct(x.shape, w.shape, stride):
+        bias = b if b is not None else np.zeros(K, dtype=x.dtype)
         xp = pad2d(x, pads) if any(pads) else x
         _direct_fwd_s1(xp, w, bias, Ho, Wo, y)
         if ctx is not None:
-            ctx.clear()
-            ctx.update(key=key, xpad=xp)
+            ctx["xpad"] = xp
         return y
-    R, NP = C * kh * kw, N * Ho * Wo
-    if ctx is not None:
-        col = ctx.get("col")
-        if col is None or col.shape != (R, NP) or col.dtype != x.dtype:
-            col = np.empty((R, NP), dtype=x.dtype)
-        ctx.clear()
-        ctx.update(key=key, col=col)
+    P, R = Ho * Wo, C * kh * kw
+    wr = w.reshape(K, R)
+    y3 = y.reshape(N, K, P)
+    if _is_pointwise(w.shape, stride, pads):
+        x3 = x.reshape(N, C, P)
+        for n in range(N):
+            np.matmul(wr, x3[n], out=y3[n])
+        if b is not None:
+            _add_bias(y3, 0, N, b)
+        return y
+    nb = chunk_size(N, R, P, x.itemsize)
+    if nb == N and ctx is not None:  # one chunk: keep the columns for the backward
+        col = np.empty((R, N * P), dtype=x.dtype)
+        ctx["col"] = col
     else:
-        col = scratch("col", (R, NP), x.dtype)
-    _im2col(x, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
-    y2 = scratch("gemm_out", (K, NP), x.dtype)
-    np.matmul(w.reshape(K, R), col, out=y2)
-    _kn_to_nk_bias(y2, bias, y.reshape(N, K, Ho * Wo))
+        col = scratch("col", (R, nb * P), x.dtype)
+    bias = b if b is not None else np.zeros(K, dtype=x.dtype)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        c = col if m == nb else scratch("col", (R, m * P), x.dtype)  # last, shorter chunk
+        _im2col(x, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, c)
+        if m == 1:
+            np.matmul(wr, c, out=y3[n0])
+            if b is not None:
+                _add_bias(y3, n0, 1, b)
+        else:
+            y2 = scratch("gemm_out", (K, m * P), x.dtype)
+            np.matmul(wr, c, out=y2)
+            _kn_to_nk_bias(y2, bias, n0, y3)
     return y
 
 
 def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo = _geometry(x.shape, w.shape, stride, pads)
-    R, NP = C * kh * kw, N * Ho * Wo
+    P, R = Ho * Wo, C * kh * kw
     key = (x.shape, w.shape, stride, pads)
     cached = ctx if (ctx is not None and ctx.get("key") == key) else {}
-    gyT = scratch("gyT", (K, NP), x.dtype)
+    gy3 = gy.reshape(N, K, P)
     gb = np.empty(K, dtype=x.dtype)
-    _nk_to_kn_bias_grad(gy.reshape(N, K, Ho * Wo), gyT, gb)
-    if use_direct(x.shape, w.shape, stride):
+    _bias_grad(gy3, gb)
+    wr = w.reshape(K, R)
+    gx = np.empty(x.shape, dtype=x.dtype) if need_gx else None
+    direct = use_direct(x.shape, w.shape, stride)
+    if direct:
         xp = cached.get("xpad")
         if xp is None:
             xp = pad2d(x, pads) if any(pads) else x
         gw = np.empty(w.shape, dtype=x.dtype)
         _direct_dw_s1(xp, gy, gw)
-    else:
-        col = cached.get("col")
-        if col is None:
-            col = scratch("col", (R, NP), x.dtype)
-            _im2col(x, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
-        gw = np.matmul(gyT, col.T).reshape(w.shape)
-    gx = None
-    if need_gx:
-        gcol = scratch("gcol", (R, NP), x.dtype)
-        np.matmul(w.reshape(K, R).T, gyT, out=gcol)
-        gx = np.empty(x.shape, dtype=x.dtype)
-        _col2im(gcol, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
+        if not need_gx:
+            return None, gw, gb
+    if _is_pointwise(w.shape, stride, pads):
+        x3 = x.reshape(N, C, P)
+        gw2 = np.zeros((K, C), dtype=x.dtype)
+        tmp = scratch("gw_part", (K, C), x.dtype)
+        wt = wr.T
+        for n in range(N):
+            np.matmul(gy3[n], x3[n].T, out=tmp)
+            gw2 += tmp
+            if need_gx:
+                np.matmul(wt, gy3[n], out=gx[n].reshape(C, P))
+        return gx, gw2.reshape(w.shape), gb
+    nb = chunk_size(N, R, P, x.itemsize)
+    col_all = cached.get("col")
+    if not direct:
+        gw2 = np.empty((K, R), dtype=x.dtype)
+        tmp = scratch("gw_part", (K, R), x.dtype)
+    wt = wr.T
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        if m == 1:
+            g = gy3[n0]
+        else:
+            g = scratch("gyT", (K, m * P), x.dtype)
+            _nk_to_kn(gy3, n0, g)
+        if not direct:
+            if col_all is not None:
+                col = col_all
+            else:
+                col = scratch("col", (R, m * P), x.dtype)
+                _im2col(x, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
+            if n0 == 0:
+                np.matmul(g, col.T, out=gw2)
+            else:
+                np.matmul(g, col.T, out=tmp)
+                gw2 += tmp
+        if need_gx:
+            gcol = scratch("gcol", (R, m * P), x.dtype)
+            np.matmul(wt, g, out=gcol)
+            _col2im(gcol, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
+    if not direct:
+        gw = gw2.reshape(w.shape)
     return gx, gw, gb
