@@ -211,7 +211,6 @@ def extract_features(model, x, layer=-1, *, batch_size=256, progress=None):
 
     ``progress(n)`` is called with the number of images done after each batch.
     """
-    layers = _layers(model)
     upto = layer_index(model, layer)
     x = np.asarray(x)
     if x.shape[0] == 0:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .transfer import _layers, as_model_input, extract_features, layer_index
+from .transfer import _layers, extract_features, layer_index
 
 __all__ = [
     "ReceptiveField", "receptive_field", "input_box", "top_activations", "top_patches", "save_patch_grid",
@@ -144,7 +144,6 @@ def top_activations(model, x, layer, units=None, k=9, *, batch_size=256, progres
     the (row, col) of the maximum in the layer's output (0, 0 for dense layers).
     ``units``: channel indices (default: all). ``progress(n)`` after each batch.
     """
-    layers = _layers(model)
     upto = layer_index(model, layer)
     x = np.asarray(x)
     k = int(k)
