@@ -44,6 +44,8 @@ def _when(rep: dict) -> str:
     if q and q.get("busy") is not None:
         state = "quiet" if q.get("quiet") else "still busy"
         bits.append(f"CPU busy before start {q['busy'][-1]:.0%} ({state} after {q['waited_s']:.0f} s)")
+    if rep.get("nice"):
+        bits.append(f"run at nice {rep['nice']}")
     s = rep.get("settings") or {}
     if s.get("rounds"):
         p = len(rep.get("passes", [])) or 1
