@@ -126,3 +126,25 @@ def test_format_table_for_subprocess_reports():
                                            "conv2_fwd_bwd": {"median_ms": 20.0, "min_ms": 10.0},
                                            "lenet_step_b64": {"median_ms": 32.0}}]}
     assert "2000" in bench.format_table(thr)      # 64 images / 32 ms
+
+
+def test_report_replaces_only_its_blocks(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "report.py"
+    spec = importlib.util.spec_from_file_location("bench_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    md = tmp_path / "RESULTS.md"
+    md.write_text("intro\n<!-- nbcnn.bench:memory:begin -->\nold\n<!-- nbcnn.bench:memory:end -->\n"
+                  "## Accuracy\nkept as it is\n")
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "memory.json").write_text(json.dumps({"kind": "memory", "env": {"date": "today"}, "results": [
+        {"ok": True, "which": "nbcnn", "rss_after_import_mb": 90.0, "rss_after_build_mb": 95.0,
+         "peak_rss_mb": 120.0, "steps": 30, "steps_s": 1.5}]}))
+    assert report.update(md, res) == ["memory"]
+    text = md.read_text()
+    assert "old" not in text and "| nbcnn | 90 | 95 | 120 | 20.0 |" in text
+    assert text.startswith("intro\n") and text.endswith("## Accuracy\nkept as it is\n")
