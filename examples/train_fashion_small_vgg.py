@@ -28,7 +28,16 @@ model.summary()
 steps = a.epochs * -(-len(xtr) // a.batch_size)
 model.compile(optimizer=optim.Adam(optim.CosineDecay(a.lr, steps)))
 t0 = time.time()
-hist = model.fit(xtr, ytr, epochs=a.epochs, batch_size=a.batch_size, verbose=2)
+class Every(nbcnn.callbacks.Callback):
+    """A log line every 200 batches (the run goes to a log file, where no progress bar is drawn)."""
+
+    def on_batch_end(self, batch, logs=None):
+        if batch % 200 == 0:
+            print(f"  batch {batch} loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+
+
+hist = model.fit(xtr, ytr, epochs=a.epochs, batch_size=a.batch_size, verbose=2, callbacks=[Every()])
 wall = time.time() - t0
 res = model.evaluate(xte, yte)
 out = {"model": "small_vgg (16,16 | 32,32 | dense 128)", "params": model.count_params(), "epochs": a.epochs,

@@ -133,6 +133,8 @@ class Sequential:
 
     def build(self, input_shape=None) -> None:
         """Fix the input shape (per sample) and allocate all weights."""
+        if input_shape is None and self._flat is not None:
+            return  # the hot path: called at every train_on_batch / predict
         if input_shape is not None:
             input_shape = L.Layer._check_shape(input_shape)
             if self.input_shape is not None and input_shape != self.input_shape:
