@@ -3,6 +3,8 @@
 Semantics follow PyTorch's defaults: floor output size, max pooling never
 picks a padded cell, average pooling counts padded zeros in the divisor.
 A tie in max pooling sends the gradient to the first maximum in scan order.
+2x2/stride-2 windows without padding (LeNet, VGG) take branch-free kernels
+that keep a 1-byte argmax and write each gradient cell exactly once.
 """
 from __future__ import annotations
 
@@ -107,6 +109,111 @@ def _avg_bwd(gy, kh, kw, sh, sw, pt, pl, gx):
                             g[ih, iw] += v
 
 
+@njit(parallel=True, cache=True)
+def _max_fwd_2x2(x, y, idx):
+    """2x2 windows, stride 2, no padding: idx holds 0..3 (position in the window, scan order)."""
+    N, C = x.shape[0], x.shape[1]
+    Ho, Wo = y.shape[2], y.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for oh in range(Ho):
+            r0 = x[n, c, 2 * oh]
+            r1 = x[n, c, 2 * oh + 1]
+            yr = y[n, c, oh]
+            ir = idx[n, c, oh]
+            for ow in range(Wo):
+                best = r0[2 * ow]
+                bi = 0
+                v = r0[2 * ow + 1]
+                if v > best or (v != v and best == best):
+                    best = v
+                    bi = 1
+                v = r1[2 * ow]
+                if v > best or (v != v and best == best):
+                    best = v
+                    bi = 2
+                v = r1[2 * ow + 1]
+                if v > best or (v != v and best == best):
+                    best = v
+                    bi = 3
+                yr[ow] = best
+                ir[ow] = bi
+
+
+@njit(parallel=True, cache=True)
+def _max_bwd_2x2(gy, idx, gx):
+    """Writes every cell of gx once (no zero-fill pass): the gradient where idx points, else 0."""
+    N, C, H, W = gx.shape
+    Ho, Wo = gy.shape[2], gy.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for oh in range(Ho):
+            g0 = gx[n, c, 2 * oh]
+            g1 = gx[n, c, 2 * oh + 1]
+            gr = gy[n, c, oh]
+            ir = idx[n, c, oh]
+            for ow in range(Wo):
+                v = gr[ow]
+                k = ir[ow]
+                g0[2 * ow] = v if k == 0 else 0
+                g0[2 * ow + 1] = v if k == 1 else 0
+                g1[2 * ow] = v if k == 2 else 0
+                g1[2 * ow + 1] = v if k == 3 else 0
+            for w in range(2 * Wo, W):
+                g0[w] = 0
+                g1[w] = 0
+        for h in range(2 * Ho, H):
+            for w in range(W):
+                gx[n, c, h, w] = 0
+
+
+@njit(parallel=True, cache=True)
+def _avg_fwd_2x2(x, y):
+    N, C = x.shape[0], x.shape[1]
+    Ho, Wo = y.shape[2], y.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for oh in range(Ho):
+            r0 = x[n, c, 2 * oh]
+            r1 = x[n, c, 2 * oh + 1]
+            yr = y[n, c, oh]
+            for ow in range(Wo):
+                yr[ow] = ((r0[2 * ow] + r0[2 * ow + 1]) + (r1[2 * ow] + r1[2 * ow + 1])) * 0.25
+
+
+@njit(parallel=True, cache=True)
+def _avg_bwd_2x2(gy, gx):
+    N, C, H, W = gx.shape
+    Ho, Wo = gy.shape[2], gy.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for oh in range(Ho):
+            g0 = gx[n, c, 2 * oh]
+            g1 = gx[n, c, 2 * oh + 1]
+            gr = gy[n, c, oh]
+            for ow in range(Wo):
+                v = gr[ow] * 0.25
+                g0[2 * ow] = v
+                g0[2 * ow + 1] = v
+                g1[2 * ow] = v
+                g1[2 * ow + 1] = v
+            for w in range(2 * Wo, W):
+                g0[w] = 0
+                g1[w] = 0
+        for h in range(2 * Ho, H):
+            for w in range(W):
+                gx[n, c, h, w] = 0
+
+
+def _is_2x2(size, stride, pads) -> bool:
+    """The common LeNet/VGG case, with its own branch-free kernels."""
+    return size == (2, 2) and stride == (2, 2) and not any(pads)
+
+
 def _out_shape(shape, size, stride, pads):
     N, C, H, W = shape
     kh, kw = size
@@ -117,8 +224,13 @@ def _out_shape(shape, size, stride, pads):
 
 def max_pool2d_forward(x, size, stride, pads, ctx=None):
     y = np.empty(_out_shape(x.shape, size, stride, pads), dtype=x.dtype)
-    idx = np.empty(y.shape, dtype=np.int32)
-    _max_fwd(x, size[0], size[1], stride[0], stride[1], pads[0], pads[2], y, idx)
+    fast = _is_2x2(size, stride, pads)
+    if fast:
+        idx = np.empty(y.shape, dtype=np.int8)
+        _max_fwd_2x2(x, y, idx)
+    else:
+        idx = np.empty(y.shape, dtype=np.int32)
+        _max_fwd(x, size[0], size[1], stride[0], stride[1], pads[0], pads[2], y, idx)
     if ctx is not None:
         ctx.clear()
         ctx.update(key=(x.shape, size, stride, pads), idx=idx)
@@ -128,22 +240,35 @@ def max_pool2d_forward(x, size, stride, pads, ctx=None):
 def max_pool2d_backward(gy, x, size, stride, pads, ctx=None):
     key = (x.shape, size, stride, pads)
     idx = ctx.get("idx") if (ctx is not None and ctx.get("key") == key) else None
+    fast = _is_2x2(size, stride, pads)
     if idx is None:
         y = np.empty(_out_shape(x.shape, size, stride, pads), dtype=x.dtype)
-        idx = np.empty(y.shape, dtype=np.int32)
-        _max_fwd(x, size[0], size[1], stride[0], stride[1], pads[0], pads[2], y, idx)
+        idx = np.empty(y.shape, dtype=np.int8 if fast else np.int32)
+        if fast:
+            _max_fwd_2x2(x, y, idx)
+        else:
+            _max_fwd(x, size[0], size[1], stride[0], stride[1], pads[0], pads[2], y, idx)
     gx = np.empty(x.shape, dtype=gy.dtype)
-    _max_bwd(gy, idx, gx)
+    if fast:
+        _max_bwd_2x2(gy, idx, gx)
+    else:
+        _max_bwd(gy, idx, gx)
     return gx
 
 
 def avg_pool2d_forward(x, size, stride, pads):
     y = np.empty(_out_shape(x.shape, size, stride, pads), dtype=x.dtype)
-    _avg_fwd(x, size[0], size[1], stride[0], stride[1], pads[0], pads[2], y)
+    if _is_2x2(size, stride, pads):
+        _avg_fwd_2x2(x, y)
+    else:
+        _avg_fwd(x, size[0], size[1], stride[0], stride[1], pads[0], pads[2], y)
     return y
 
 
 def avg_pool2d_backward(gy, x_shape, size, stride, pads):
     gx = np.empty(x_shape, dtype=gy.dtype)
-    _avg_bwd(gy, size[0], size[1], stride[0], stride[1], pads[0], pads[2], gx)
+    if _is_2x2(size, stride, pads):
+        _avg_bwd_2x2(gy, gx)
+    else:
+        _avg_bwd(gy, size[0], size[1], stride[0], stride[1], pads[0], pads[2], gx)
     return gx
