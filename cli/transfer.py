@@ -69,6 +69,23 @@ class counting_bar:
         return False
 
 
+def _epoch_printer(epochs):
+    """A callback printing about ten epoch lines, whatever the number of epochs."""
+    from nbcnn.callbacks import Callback
+    every = max(1, epochs // 10)
+
+    class EpochLines(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if (epoch + 1) % every and epoch + 1 != epochs:
+                return
+            logs = logs or {}
+            parts = [f"epoch {epoch + 1}/{epochs}"]
+            parts += [f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs]
+            common.echo("  ".join(parts))
+
+    return EpochLines()
+
+
 def _default_cache_dir() -> Path:
     from nbcnn import datasets
     return datasets.cache_dir() / "features"
@@ -158,7 +175,8 @@ def transfer(base_path, dataset, data_dir, classes, train_size, train_last, epoc
         common.echo(f"{label}: {tuple(f_tr.shape[1:])} per image, cache {status}{where} ({t_feat:.2f} s)")
         t1 = time.perf_counter()
         hist = T.fit_head(model, f_tr, y_tr, start=start, validation_data=(np.asarray(f_te), y_te),
-                          epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed, verbose=2)
+                          epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed, verbose=0,
+                          callbacks=[_epoch_printer(epochs)])
     else:
         t_feat = 0.0
         t1 = time.perf_counter()
@@ -169,7 +187,7 @@ def transfer(base_path, dataset, data_dir, classes, train_size, train_last, epoc
         model.compile(optimizer=opt)
         model.seed = seed
         hist = model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, validation_data=(x_te, y_te),
-                         verbose=2)
+                         verbose=0, callbacks=[_epoch_printer(epochs)])
     t_train = time.perf_counter() - t1
     ev = model.evaluate(x_te, y_te)
     acc = float(ev["accuracy"])
