@@ -163,3 +163,15 @@ def test_validation():
         AugmentedBatches(x, y, 2, workers=-1)
     src = AugmentedBatches(x, y, 4, drop_last=True, workers=0)
     assert len(src) == 2 and len(AugmentedBatches(x, y, 4, workers=0)) == 3
+
+
+def test_set_epoch_resumes_the_same_batches():
+    x, y = _data(30)
+    a = AugmentedBatches(x, y, 7, parse_spec("noise=0.1"), seed=4, workers=0)
+    list(a)
+    second = list(a)
+    b = AugmentedBatches(x, y, 7, parse_spec("noise=0.1"), seed=4, workers=0)
+    b.set_epoch(1)
+    for (xa, ya), (xb, yb) in zip(second, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
