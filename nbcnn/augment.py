@@ -456,6 +456,9 @@ def write_idx(path, arr, *, compress=None):
                 f.close()
             raw.flush()
             os.fsync(raw.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -253,6 +253,13 @@ def data_digest(x) -> str:
     return h.hexdigest()
 
 
+def _umask_mode(path):
+    """Give a temp file (mkstemp makes 0600) the permissions a normal open() would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _atomic_bytes(path: Path, data: bytes):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -260,6 +267,7 @@ def _atomic_bytes(path: Path, data: bytes):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink(tmp)
@@ -358,6 +366,7 @@ class FeatureCache:
             del mm
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            _umask_mode(tmp)
             os.replace(tmp, npy)
         except BaseException:
             _unlink(tmp)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .transfer import _layers, extract_features, layer_index
+from .transfer import _layers, _umask_mode, extract_features, layer_index
 
 __all__ = [
     "ReceptiveField", "receptive_field", "input_box", "top_activations", "top_patches", "save_patch_grid",
@@ -223,6 +223,7 @@ def _write_png(img, path):
     os.close(fd)
     try:
         Image.fromarray(img).save(tmp, format="PNG")
+        _umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

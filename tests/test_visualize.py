@@ -167,3 +167,11 @@ def test_bad_layer_and_k(rng):
         V.top_activations(stack, x, 0)
     with pytest.raises(ValueError, match="units must be"):
         V.top_activations(stack, x, 0, units=[5], k=2)
+
+
+def test_png_gets_normal_permissions(tmp_path):
+    import os
+    p = V.save_patch_grid(np.zeros((1, 1, 1, 2, 2)), tmp_path / "a.png")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~mask)
