@@ -19,7 +19,6 @@ attribute read by the model at every step.
 """
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
@@ -175,8 +174,8 @@ class Layer:
 
     @property
     def built(self) -> bool:
-        return len(self.params) == len(self.param_names) and (self.params or not self.param_names) \
-            and self._out is not None
+        """True once the weights exist (always True for layers without weights and a known shape)."""
+        return self._out is not None and len(self.params) == len(self._param_shapes)
 
     def count_params(self) -> int:
         if self._out is None:
@@ -703,10 +702,3 @@ def serialize(layer: Layer) -> dict:
 
 def get(name: str) -> type:
     return _REGISTRY[name]
-
-
-def fan_in_out(shape) -> tuple[int, int]:  # pragma: no cover - convenience for users
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    rf = math.prod(shape[2:])
-    return shape[1] * rf, shape[0] * rf

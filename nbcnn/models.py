@@ -232,10 +232,6 @@ class Sequential:
             layer.need_gx = i > self._first
         self._rkey = key
 
-    @property
-    def trainable_weights_count(self) -> int:
-        return sum(l.count_params() for l in self.layers if l.trainable)
-
     def count_params(self) -> int:
         """Total number of parameters (from shapes; allocates nothing)."""
         if self.input_shape is not None:

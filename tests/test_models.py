@@ -284,3 +284,30 @@ def test_end_to_end_real_mnist_subset():
     m.fit(xtr[:10000], ytr[:10000], epochs=2, batch_size=32, verbose=0)
     res = m.evaluate(xte[:2000], yte[:2000])
     assert res["accuracy"] >= 0.95, res
+
+
+def test_progress_bar_is_silent_when_piped_and_verbose_prints_epoch_lines(capsys):
+    import io
+
+    from nbcnn.progress import ProgressBar
+
+    piped = io.StringIO()
+    bar = ProgressBar(10, stream=piped)
+    for i in range(1, 11):
+        bar.update(i, items=64, loss=0.5)
+    bar.close()
+    assert piped.getvalue() == ""
+    tty = io.StringIO()
+    bar = ProgressBar(4, prefix="Epoch 1/1", stream=tty, enabled=True, min_interval=0)
+    bar.update(2, items=64, loss=0.25)
+    assert "Epoch 1/1" in tty.getvalue() and "2/4" in tty.getvalue() and "loss 0.2500" in tty.getvalue()
+    x, y = _toy_data(32)
+    m = _small()
+    m.compile(optimizer=optim.SGD(0.05))
+    m.fit(x, y, epochs=2, batch_size=8, verbose=1,
+          callbacks=[cbs.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))])
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("Epoch 2/2") and "img/s" in lines[1] and "loss" in lines[1]
+    assert "\r" not in out.err  # pytest's capture is not a terminal: no bar
+    assert m.optimizer.current_lr == 0.05
