@@ -234,7 +234,8 @@ def test_empty_batch():
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_conv2d_chunked_im2col_matches_reference(monkeypatch, chunk):
+@pytest.mark.parametrize("stride", [(2, 1), (1, 1)])
+def test_conv2d_chunked_im2col_matches_reference(monkeypatch, chunk, stride):
     """Force several im2col chunks (incl. a shorter last one and single-sample chunks)."""
     from nbcnn.kernels.cpu import conv as cpu_conv
 
@@ -242,10 +243,11 @@ def test_conv2d_chunked_im2col_matches_reference(monkeypatch, chunk):
     x = rng.standard_normal((5, 4, 7, 6))
     w = rng.standard_normal((3, 4, 3, 2))
     b = rng.standard_normal(3)
-    stride, pads = (2, 1), (1, 1, 0, 1)
-    Ho, Wo = (7 + 2 - 3) // 2 + 1, (6 + 1 - 2) // 1 + 1
-    monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", chunk * 4 * 3 * 2 * Ho * Wo * 8)
-    assert cpu_conv.chunk_size(5, 4 * 3 * 2, Ho * Wo, 8) == chunk
+    pads = (1, 1, 0, 1)
+    Ho = (7 + 2 - 3) // stride[0] + 1
+    cols = Ho * (6 + 1) if stride == (1, 1) else Ho * 6  # stride 1 works at the padded width
+    monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", chunk * 4 * 3 * 2 * cols * 8)
+    assert cpu_conv.chunk_size(5, 4 * 3 * 2, cols, 8) == chunk
     for ctx in ({}, None):
         y = ops.conv2d(x, w, b, stride, pads, ctx=ctx)
         np.testing.assert_allclose(y, ref.conv2d(x, w, b, stride, pads), rtol=1e-10, atol=1e-10)

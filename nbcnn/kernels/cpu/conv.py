@@ -172,32 +172,150 @@ def _bias_grad(gy, gb):
 
 
 @njit(parallel=True, cache=True)
+def _im2col_flat(xp, n0, nb, kh, kw, Ho, col):
+    """Stride 1 on a padded input: columns at the padded width Wp, Ho*Wp per sample.
+
+    Each (c, i, j) row of a sample is ONE contiguous copy of the flat padded
+    plane (vectorises; rows of Wo < 64 floats copied one by one stayed scalar).
+    Columns ow >= Wo of each output row are junk that the GEMM result drops.
+    """
+    C, Hp, Wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    Lp = Ho * Wp
+    L = Lp - kw + 1
+    R = C * kh * kw
+    for t in prange(R * nb):
+        r = t // nb
+        nl = t - r * nb
+        c = r // (kh * kw)
+        ij = r - c * (kh * kw)
+        i = ij // kw
+        j = ij - i * kw
+        xf = xp[n0 + nl, c].reshape(Hp * Wp)
+        off = i * Wp + j
+        src = xf[off:off + L]
+        dst = col[r, nl * Lp:(nl + 1) * Lp]
+        for q in range(L):
+            dst[q] = src[q]
+        for q in range(L, Lp):
+            dst[q] = 0
+
+
+@njit(parallel=True, cache=True)
+def _flat_to_nk_bias(y2, b, n0, Wp, y):
+    """(K, nb*Ho*Wp) GEMM result at the padded width -> samples n0.. of y (N, K, Ho, Wo), plus bias."""
+    K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
+    Lp = Ho * Wp
+    nb = y2.shape[1] // Lp
+    for t in prange(nb * K):
+        nl = t // K
+        k = t - nl * K
+        bk = b[k]
+        for oh in range(Ho):
+            o = nl * Lp + oh * Wp
+            src = y2[k, o:o + Wo]
+            dst = y[n0 + nl, k, oh]
+            for ow in range(Wo):
+                dst[ow] = src[ow] + bk
+
+
+@njit(parallel=True, cache=True)
+def _nk_to_flat(gy, n0, Wp, out):
+    """Samples n0.. of gy (N, K, Ho, Wo) -> (K, nb*Ho*Wp) at the padded width, zero in the junk columns."""
+    K, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    Lp = Ho * Wp
+    nb = out.shape[1] // Lp
+    for t in prange(K * nb):
+        k = t // nb
+        nl = t - k * nb
+        for oh in range(Ho):
+            o = nl * Lp + oh * Wp
+            src = gy[n0 + nl, k, oh]
+            dst = out[k, o:o + Wp]
+            for ow in range(Wo):
+                dst[ow] = src[ow]
+            for ow in range(Wo, Wp):
+                dst[ow] = 0
+
+
+@njit(parallel=True, cache=True)
+def _col2im_flat(gcol, n0, nb, kh, kw, Ho, Hp, Wp, pt, pl, gx):
+    """Inverse of _im2col_flat: per (n, c) plane, sum the rows into a padded plane, crop into gx.
+
+    Junk columns of gcol are exactly zero (they come from zero gradient columns).
+    """
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    Lp = Ho * Wp
+    L = Lp - kw + 1
+    for t in prange(nb * C):
+        nl = t // C
+        c = t - nl * C
+        buf = np.zeros(Hp * Wp, dtype=gx.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                off = i * Wp + j
+                src = gcol[(c * kh + i) * kw + j, nl * Lp:nl * Lp + L]
+                dst = buf[off:off + L]
+                for q in range(L):
+                    dst[q] += src[q]
+        g = gx[n0 + nl, c]
+        for h in range(H):
+            row = buf[(h + pt) * Wp + pl:(h + pt) * Wp + pl + W]
+            dst = g[h]
+            for w in range(W):
+                dst[w] = row[w]
+
+
+_KB = 8  # filters per direct-forward task: their accumulators stay in L1/L2
+
+
+@njit(parallel=True, cache=True, fastmath=True)
 def _direct_fwd_s1(xp, w, b, Ho, Wo, y):
-    """Stride-1 direct convolution on a padded input, one task per (n, k)."""
+    """Stride-1 direct convolution on a padded input, one task per (sample, block of filters).
+
+    Output rows are computed at the padded width, so each (c, i, j) term is one
+    long axpy; the input is sliced so every inner loop indexes from 0 (offset
+    indexing inside the loop kept LLVM from vectorising it: 6x slower).
+    """
     N, C, Hp, Wp = xp.shape
     K, _, kh, kw = w.shape
     L = (Ho - 1) * Wp + Wo
-    for t in prange(N * K):
-        n = t // K
-        k = t - n * K
-        acc = np.zeros(L, dtype=y.dtype)
+    nkb = (K + _KB - 1) // _KB
+    for t in prange(N * nkb):
+        n = t // nkb
+        k0 = (t - n * nkb) * _KB
+        k1 = min(K, k0 + _KB)
+        acc = np.empty((k1 - k0, L), dtype=y.dtype)
+        for k in range(k0, k1):
+            a = acc[k - k0]
+            bk = b[k]
+            for q in range(L):
+                a[q] = bk
         for c in range(C):
             xf = xp[n, c].reshape(Hp * Wp)
             for i in range(kh):
                 for j in range(kw):
-                    wv = w[k, c, i, j]
                     off = i * Wp + j
-                    for q in range(L):
-                        acc[q] += wv * xf[off + q]
-        bk = b[k]
-        for oh in range(Ho):
-            for ow in range(Wo):
-                y[n, k, oh, ow] = acc[oh * Wp + ow] + bk
+                    xs = xf[off:off + L]
+                    for k in range(k0, k1):
+                        wv = w[k, c, i, j]
+                        a = acc[k - k0]
+                        for q in range(L):
+                            a[q] += wv * xs[q]
+        for k in range(k0, k1):
+            a = acc[k - k0]
+            for oh in range(Ho):
+                src = a[oh * Wp:oh * Wp + Wo]
+                dst = y[n, k, oh]
+                for ow in range(Wo):
+                    dst[ow] = src[ow]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
 def _direct_dw_s1(xp, gy, gw):
-    """Stride-1 weight gradient, one task per (k, c): dot products over the flat padded rows."""
+    """Stride-1 weight gradient, one task per (k, c): dot products over the flat padded rows.
+
+    float32 dots per sample, summed over samples in float64, in a fixed order.
+    """
     N, C, Hp, Wp = xp.shape
     K, _, kh, kw = gw.shape
     Ho, Wo = gy.shape[2], gy.shape[3]
@@ -209,15 +327,17 @@ def _direct_dw_s1(xp, gy, gw):
         acc = np.zeros((kh, kw), dtype=np.float64)
         for n in range(N):
             for oh in range(Ho):
+                src = gy[n, k, oh]
                 for ow in range(Wo):
-                    g[oh * Wp + ow] = gy[n, k, oh, ow]
+                    g[oh * Wp + ow] = src[ow]
             xf = xp[n, c].reshape(Hp * Wp)
             for i in range(kh):
                 for j in range(kw):
                     off = i * Wp + j
-                    s = 0.0
+                    xs = xf[off:off + L]
+                    s = gy.dtype.type(0.0)
                     for q in range(L):
-                        s += g[q] * xf[off + q]
+                        s += g[q] * xs[q]
                     acc[i, j] += s
         for i in range(kh):
             for j in range(kw):
@@ -274,16 +394,29 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
         if b is not None:
             _add_bias(y3, 0, N, b)
         return y
-    nb = chunk_size(N, R, P, x.itemsize)
+    flat = (sh, sw) == (1, 1)
+    if flat:  # columns at the padded width: one contiguous copy per row
+        xs = pad2d(x, pads) if any(pads) else x
+        Wp = W + pl + pr
+        Pc = Ho * Wp
+    else:
+        xs, Wp, Pc = x, 0, P
+    nb = chunk_size(N, R, Pc, x.itemsize)
     if nb == N and ctx is not None:  # one chunk: keep the columns for the backward
-        col = np.empty((R, N * P), dtype=x.dtype)
+        col = np.empty((R, N * Pc), dtype=x.dtype)
         ctx["col"] = col
     else:
-        col = scratch("col", (R, nb * P), x.dtype)
+        col = scratch("col", (R, nb * Pc), x.dtype)
     bias = b if b is not None else np.zeros(K, dtype=x.dtype)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        c = col if m == nb else scratch("col", (R, m * P), x.dtype)  # last, shorter chunk
+        c = col if m == nb else scratch("col", (R, m * Pc), x.dtype)  # last, shorter chunk
+        if flat:
+            _im2col_flat(xs, n0, m, kh, kw, Ho, c)
+            y2 = scratch("gemm_out", (K, m * Pc), x.dtype)
+            np.matmul(wr, c, out=y2)
+            _flat_to_nk_bias(y2, bias, n0, Wp, y)
+            continue
         _im2col(x, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, c)
         if m == 1:
             np.matmul(wr, c, out=y3[n0])
@@ -326,15 +459,24 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
             if need_gx:
                 np.matmul(wt, gy3[n], out=gx[n].reshape(C, P))
         return gx, gw2.reshape(w.shape), gb
-    nb = chunk_size(N, R, P, x.itemsize)
+    flat = (sh, sw) == (1, 1)
+    Hp, Wp = H + pt + pb, W + pl + pr
+    Pc = Ho * Wp if flat else P
+    nb = chunk_size(N, R, Pc, x.itemsize)
     col_all = cached.get("col")
+    xs = None
+    if flat and not direct and col_all is None:
+        xs = pad2d(x, pads) if any(pads) else x
     if not direct:
         gw2 = np.empty((K, R), dtype=x.dtype)
         tmp = scratch("gw_part", (K, R), x.dtype)
     wt = wr.T
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        if m == 1:
+        if flat:
+            g = scratch("gyT", (K, m * Pc), x.dtype)
+            _nk_to_flat(gy, n0, Wp, g)
+        elif m == 1:
             g = gy3[n0]
         else:
             g = scratch("gyT", (K, m * P), x.dtype)
@@ -343,17 +485,23 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
             if col_all is not None:
                 col = col_all
             else:
-                col = scratch("col", (R, m * P), x.dtype)
-                _im2col(x, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
+                col = scratch("col", (R, m * Pc), x.dtype)
+                if flat:
+                    _im2col_flat(xs, n0, m, kh, kw, Ho, col)
+                else:
+                    _im2col(x, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
             if n0 == 0:
                 np.matmul(g, col.T, out=gw2)
             else:
                 np.matmul(g, col.T, out=tmp)
                 gw2 += tmp
         if need_gx:
-            gcol = scratch("gcol", (R, m * P), x.dtype)
+            gcol = scratch("gcol", (R, m * Pc), x.dtype)
             np.matmul(wt, g, out=gcol)
-            _col2im(gcol, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
+            if flat:
+                _col2im_flat(gcol, n0, m, kh, kw, Ho, Hp, Wp, pt, pl, gx)
+            else:
+                _col2im(gcol, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
     if not direct:
         gw = gw2.reshape(w.shape)
     return gx, gw, gb
