@@ -144,19 +144,24 @@ class _Pool:
             self.close()
             raise
 
+    def _check_alive(self):
+        for p in self.procs:
+            if p.exitcode is not None:
+                raise WorkerError(f"augmentation worker {p.name} (pid {p.pid}) died with exit code {p.exitcode}")
+
     def get(self, timeout=None):
-        """Next result; raises WorkerError when a worker died instead of waiting forever."""
+        """Next result. A worker that died (killed, out of memory, crashed) raises WorkerError,
+        even while the others keep delivering: a lost batch would otherwise hang the epoch, and
+        silently running on fewer workers hides the problem."""
         waited = 0.0
         while True:
+            self._check_alive()
             try:
                 return self.results.get(timeout=_POLL_S)
             except queue.Empty:
                 waited += _POLL_S
-                for p in self.procs:
-                    if p.exitcode is not None:
-                        raise WorkerError(f"augmentation worker {p.name} (pid {p.pid}) died "
-                                          f"with exit code {p.exitcode}") from None
                 if timeout is not None and waited >= timeout:
+                    self._check_alive()
                     raise WorkerError(f"no batch from the augmentation workers in {timeout:g} s") from None
 
     def close(self, grace=2.0):

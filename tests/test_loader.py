@@ -104,7 +104,9 @@ def test_dead_worker_is_detected_not_waited_for():
     src = online_batches(x, y, 2, "rotate=5", seed=0, workers=2, prefetch=4)
     it = iter(src)
     next(it)
-    os.kill(src._pool.procs[0].pid, signal.SIGKILL)
+    victim = src._pool.procs[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)  # dead before we go on, however fast the other worker finishes the epoch
     t0 = time.monotonic()
     with pytest.raises(WorkerError, match="died"):
         for _ in it:
