@@ -64,3 +64,13 @@ def test_transfer_user_errors_are_one_line(setup, extra, msg):
 def test_transfer_missing_model(tmp_path):
     r = CliRunner().invoke(cli, ["transfer", str(tmp_path / "nope.nbcnn"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_transfer_fine_tunes_everything_without_cache(setup):
+    # --train-last = all weighted layers: the base is only the initialisation, nothing is cached
+    d, data = setup
+    r = CliRunner().invoke(cli, ["transfer", str(d / "base.nbcnn"), "--data-dir", str(data), "--classes", "0,3",
+                                 "--train-last", "5", "--epochs", "1", "--cache-dir", str(d / "c2"),
+                                 "--out", str(d / "ft.nbcnn")])
+    assert r.exit_code == 0, r.output
+    assert "frozen: nothing" in r.output and not (d / "c2").exists()
