@@ -26,6 +26,11 @@ from numba import njit, prange
 from .pad import pad2d
 from .scratch import scratch
 
+# The layout copies (_kn_to_nk_bias, _nk_to_flat, ...) and the bias gradient
+# are serial on purpose: memory-bound passes that 2 threads speed up little,
+# while each parallel kernel costs ~0.5 s more to compile from cold and a
+# barrier that stalls on a loaded machine.
+
 # Column-matrix bytes per chunk: small enough to stay in L3 between im2col
 # and the GEMM, large enough to keep the number of parallel regions (each a
 # barrier, costly on a loaded 2-core machine) and per-call overheads low.
@@ -114,7 +119,7 @@ def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, Ho, Wo, gx):
                             dst[ow * sw - pl + j] += row[o + ow]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _kn_to_nk_bias(y2, b, n0, y):
     """(K, nb*P) GEMM result -> samples n0.. of the (N, K, P) output, adding the bias."""
     K, P = y.shape[1], y.shape[2]
@@ -130,7 +135,7 @@ def _kn_to_nk_bias(y2, b, n0, y):
             dst[p] = src[o + p] + bk
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _add_bias(y, n0, nb, b):
     """y[n, k, :] += b[k] for samples n0..n0+nb of the (N, K, P) output."""
     K, P = y.shape[1], y.shape[2]
@@ -143,7 +148,7 @@ def _add_bias(y, n0, nb, b):
             dst[p] += bk
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _nk_to_kn(gy, n0, out):
     """Samples n0.. of the (N, K, P) gradient -> (K, nb*P) for the GEMMs."""
     K, P = gy.shape[1], gy.shape[2]
@@ -158,9 +163,13 @@ def _nk_to_kn(gy, n0, out):
             dst[o + p] = src[p]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _bias_grad(gy, gb):
-    """gb[k] = sum of gy[:, k, :] (float64 accumulation, fixed order)."""
+    """gb[k] = sum of gy[:, k, :] (float64 accumulation, fixed order).
+
+    Serial on purpose: a memory-bound pass too small to gain from threads,
+    and a serial kernel compiles ~5x faster than a parallel one.
+    """
     N, K, P = gy.shape
     for k in prange(K):
         s = 0.0
@@ -200,7 +209,7 @@ def _im2col_flat(xp, n0, nb, kh, kw, Ho, col):
             dst[q] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _flat_to_nk_bias(y2, b, n0, Wp, y):
     """(K, nb*Ho*Wp) GEMM result at the padded width -> samples n0.. of y (N, K, Ho, Wo), plus bias."""
     K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
@@ -218,7 +227,7 @@ def _flat_to_nk_bias(y2, b, n0, Wp, y):
                 dst[ow] = src[ow] + bk
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _nk_to_flat(gy, n0, Wp, out):
     """Samples n0.. of gy (N, K, Ho, Wo) -> (K, nb*Ho*Wp) at the padded width, zero in the junk columns."""
     K, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
