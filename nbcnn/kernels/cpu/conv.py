@@ -2,14 +2,17 @@
 
 Two algorithms, chosen per shape (measured on 2 cores, see shared notes):
 
-* **im2col**, in chunks of ``nb`` samples small enough that the column
-  matrix ``(C*kh*kw, nb*Ho*Wo)`` stays in cache (~12 MB): im2col writes it,
-  the GEMM reads it back at once. One whole-batch column matrix (75 MB on a
-  VGG layer) made im2col/col2im DRAM-bound and cost as much as the GEMMs.
-  With ``nb == 1`` the GEMM writes straight into the NCHW output (and reads
-  the NCHW gradient), so no (K, N*P) <-> (N, K, P) transposes are needed.
-  Padding and stride are fused into im2col/col2im; 1x1 stride-1 convolutions
-  skip im2col (the input *is* the column matrix).
+* **im2col**, "flat" and in chunks of ``nb`` samples small enough that the
+  column matrix stays in cache (~12 MB): im2col writes it, the GEMM reads it
+  back at once (one whole-batch column matrix, 75 MB on a VGG layer, made
+  im2col/col2im DRAM-bound and as costly as the GEMMs). The input is first
+  zero-padded and split into its ``sh*sw`` stride phases (space-to-depth,
+  one cheap pass); in phase planes of width ``Wq`` every (c, i, j) row of
+  the column matrix is then ONE contiguous copy of length ``(Ho-1)*Wq+Wo``
+  (output rows computed at width ``Wq``; the ``Wq-Wo`` junk columns are
+  dropped after the GEMM and zeroed in the gradient). Row-by-row copies of
+  ``Wo < 64`` floats did not vectorise and strided ones never did.
+  1x1 stride-1 convolutions skip im2col (the input *is* the column matrix).
 * **direct** ("flat" stride-1 loops) for few input channels (LeNet conv1):
   each (c, i, j) term is one long contiguous axpy over the padded width,
   which LLVM vectorises; no column matrix at all.
@@ -37,104 +40,6 @@ from .scratch import scratch
 CHUNK_BYTES = 12 << 20
 
 
-@njit(inline="always")
-def _valid_range(j, pl, sw, W, Wo):
-    """Output columns ow with 0 <= ow*sw - pl + j < W, as [lo, hi)."""
-    lo = 0
-    if pl - j > 0:
-        lo = (pl - j + sw - 1) // sw
-    hi = (W - 1 + pl - j) // sw + 1
-    if hi > Wo:
-        hi = Wo
-    if hi < lo:
-        hi = lo
-    return lo, hi
-
-
-@njit(parallel=True, cache=True)
-def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, Ho, Wo, col):
-    """Samples n0..n0+nb of x -> col (C*kh*kw, nb*Ho*Wo), zero where the window hits padding."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    P = Ho * Wo
-    R = C * kh * kw
-    for t in prange(R * nb):
-        r = t // nb
-        nl = t - r * nb
-        n = n0 + nl
-        c = r // (kh * kw)
-        ij = r - c * (kh * kw)
-        i = ij // kw
-        j = ij - i * kw
-        lo, hi = _valid_range(j, pl, sw, W, Wo)
-        row = col[r]
-        for oh in range(Ho):
-            ih = oh * sh - pt + i
-            o = nl * P + oh * Wo
-            if ih < 0 or ih >= H:
-                for ow in range(Wo):
-                    row[o + ow] = 0
-            else:
-                src = x[n, c, ih]
-                for ow in range(lo):
-                    row[o + ow] = 0
-                if sw == 1:
-                    d = j - pl
-                    for ow in range(lo, hi):
-                        row[o + ow] = src[ow + d]
-                else:
-                    for ow in range(lo, hi):
-                        row[o + ow] = src[ow * sw - pl + j]
-                for ow in range(hi, Wo):
-                    row[o + ow] = 0
-
-
-@njit(parallel=True, cache=True)
-def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, Ho, Wo, gx):
-    """Gather col (C*kh*kw, nb*Ho*Wo) back into planes n0..n0+nb of gx (overwritten)."""
-    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
-    P = Ho * Wo
-    for t in prange(nb * C):
-        nl = t // C
-        c = t - nl * C
-        g = gx[n0 + nl, c]
-        for h in range(H):
-            for w in range(W):
-                g[h, w] = 0
-        for i in range(kh):
-            for j in range(kw):
-                row = col[(c * kh + i) * kw + j]
-                lo, hi = _valid_range(j, pl, sw, W, Wo)
-                for oh in range(Ho):
-                    ih = oh * sh - pt + i
-                    if ih < 0 or ih >= H:
-                        continue
-                    dst = g[ih]
-                    o = nl * P + oh * Wo
-                    if sw == 1:
-                        d = j - pl
-                        for ow in range(lo, hi):
-                            dst[ow + d] += row[o + ow]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow * sw - pl + j] += row[o + ow]
-
-
-@njit(cache=True)
-def _kn_to_nk_bias(y2, b, n0, y):
-    """(K, nb*P) GEMM result -> samples n0.. of the (N, K, P) output, adding the bias."""
-    K, P = y.shape[1], y.shape[2]
-    nb = y2.shape[1] // P
-    for t in prange(nb * K):
-        nl = t // K
-        k = t - nl * K
-        bk = b[k]
-        src = y2[k]
-        dst = y[n0 + nl, k]
-        o = nl * P
-        for p in range(P):
-            dst[p] = src[o + p] + bk
-
-
 @njit(cache=True)
 def _add_bias(y, n0, nb, b):
     """y[n, k, :] += b[k] for samples n0..n0+nb of the (N, K, P) output."""
@@ -148,22 +53,7 @@ def _add_bias(y, n0, nb, b):
             dst[p] += bk
 
 
-@njit(cache=True)
-def _nk_to_kn(gy, n0, out):
-    """Samples n0.. of the (N, K, P) gradient -> (K, nb*P) for the GEMMs."""
-    K, P = gy.shape[1], gy.shape[2]
-    nb = out.shape[1] // P
-    for t in prange(K * nb):
-        k = t // nb
-        nl = t - k * nb
-        src = gy[n0 + nl, k]
-        dst = out[k]
-        o = nl * P
-        for p in range(P):
-            dst[o + p] = src[p]
-
-
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def _bias_grad(gy, gb):
     """gb[k] = sum of gy[:, k, :] (float64 accumulation, fixed order).
 
@@ -180,17 +70,40 @@ def _bias_grad(gy, gb):
         gb[k] = s
 
 
-@njit(parallel=True, cache=True)
-def _im2col_flat(xp, n0, nb, kh, kw, Ho, col):
-    """Stride 1 on a padded input: columns at the padded width Wp, Ho*Wp per sample.
+@njit(cache=True)
+def _space_to_depth(x, sh, sw, pt, pl, Hq, Wq, xq):
+    """Pad x and split it into stride phases: xq[n, (c*sh + a)*sw + b, u, v] = xpad[n, c, u*sh + a, v*sw + b].
 
-    Each (c, i, j) row of a sample is ONE contiguous copy of the flat padded
-    plane (vectorises; rows of Wo < 64 floats copied one by one stayed scalar).
-    Columns ow >= Wo of each output row are junk that the GEMM result drops.
+    Zero where that cell is padding or beyond the padded input. Serial: one
+    memory-bound pass over the input.
     """
-    C, Hp, Wp = xp.shape[1], xp.shape[2], xp.shape[3]
-    Lp = Ho * Wp
-    L = Lp - kw + 1
+    N, C, H, W = x.shape
+    for n in range(N):
+        for c in range(C):
+            for a in range(sh):
+                for b in range(sw):
+                    q = xq[n, (c * sh + a) * sw + b]
+                    for u in range(Hq):
+                        h = u * sh + a - pt
+                        dst = q[u]
+                        if h < 0 or h >= H:
+                            for v in range(Wq):
+                                dst[v] = 0
+                            continue
+                        src = x[n, c, h]
+                        for v in range(Wq):
+                            wv = v * sw + b - pl
+                            dst[v] = src[wv] if 0 <= wv < W else 0
+
+
+@njit(parallel=True, cache=True)
+def _im2col_flat(xq, n0, nb, kh, kw, sh, sw, Ho, Wo, col):
+    """Samples n0..n0+nb -> col (C*kh*kw, nb*Ho*Wq): row (c, i, j) is one contiguous copy per sample."""
+    Hq, Wq = xq.shape[2], xq.shape[3]
+    S = sh * sw
+    C = xq.shape[1] // S
+    Lp = Ho * Wq
+    L = (Ho - 1) * Wq + Wo
     R = C * kh * kw
     for t in prange(R * nb):
         r = t // nb
@@ -199,9 +112,9 @@ def _im2col_flat(xp, n0, nb, kh, kw, Ho, col):
         ij = r - c * (kh * kw)
         i = ij // kw
         j = ij - i * kw
-        xf = xp[n0 + nl, c].reshape(Hp * Wp)
-        off = i * Wp + j
-        src = xf[off:off + L]
+        plane = xq[n0 + nl, c * S + (i % sh) * sw + j % sw].reshape(Hq * Wq)
+        off = (i // sh) * Wq + j // sw
+        src = plane[off:off + L]
         dst = col[r, nl * Lp:(nl + 1) * Lp]
         for q in range(L):
             dst[q] = src[q]
@@ -210,68 +123,75 @@ def _im2col_flat(xp, n0, nb, kh, kw, Ho, col):
 
 
 @njit(cache=True)
-def _flat_to_nk_bias(y2, b, n0, Wp, y):
-    """(K, nb*Ho*Wp) GEMM result at the padded width -> samples n0.. of y (N, K, Ho, Wo), plus bias."""
-    K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
-    Lp = Ho * Wp
-    nb = y2.shape[1] // Lp
-    for t in prange(nb * K):
-        nl = t // K
-        k = t - nl * K
-        bk = b[k]
-        for oh in range(Ho):
-            o = nl * Lp + oh * Wp
-            src = y2[k, o:o + Wo]
-            dst = y[n0 + nl, k, oh]
-            for ow in range(Wo):
-                dst[ow] = src[ow] + bk
-
-
-@njit(cache=True)
-def _nk_to_flat(gy, n0, Wp, out):
-    """Samples n0.. of gy (N, K, Ho, Wo) -> (K, nb*Ho*Wp) at the padded width, zero in the junk columns."""
+def _nk_to_flat(gy, n0, Wq, out):
+    """Samples n0.. of gy (N, K, Ho, Wo) -> (K, nb*Ho*Wq), zero in the junk columns."""
     K, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
-    Lp = Ho * Wp
+    Lp = Ho * Wq
     nb = out.shape[1] // Lp
-    for t in prange(K * nb):
-        k = t // nb
-        nl = t - k * nb
-        for oh in range(Ho):
-            o = nl * Lp + oh * Wp
-            src = gy[n0 + nl, k, oh]
-            dst = out[k, o:o + Wp]
-            for ow in range(Wo):
-                dst[ow] = src[ow]
-            for ow in range(Wo, Wp):
-                dst[ow] = 0
+    for k in range(K):
+        for nl in range(nb):
+            for oh in range(Ho):
+                o = nl * Lp + oh * Wq
+                src = gy[n0 + nl, k, oh]
+                dst = out[k, o:o + Wq]
+                for ow in range(Wo):
+                    dst[ow] = src[ow]
+                for ow in range(Wo, Wq):
+                    dst[ow] = 0
 
 
 @njit(parallel=True, cache=True)
-def _col2im_flat(gcol, n0, nb, kh, kw, Ho, Hp, Wp, pt, pl, gx):
-    """Inverse of _im2col_flat: per (n, c) plane, sum the rows into a padded plane, crop into gx.
+def _col2im_flat(gcol, n0, nb, kh, kw, sh, sw, Ho, Wo, Hq, Wq, pt, pl, gx):
+    """Inverse of _im2col_flat: per (n, c), sum the rows into its phase planes, then un-split and crop into gx.
 
-    Junk columns of gcol are exactly zero (they come from zero gradient columns).
+    The junk columns of gcol are exactly zero (they come from zero gradient columns).
     """
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
-    Lp = Ho * Wp
-    L = Lp - kw + 1
+    Lp = Ho * Wq
+    L = (Ho - 1) * Wq + Wo
+    HW = Hq * Wq
     for t in prange(nb * C):
         nl = t // C
         c = t - nl * C
-        buf = np.zeros(Hp * Wp, dtype=gx.dtype)
+        buf = np.zeros(sh * sw * HW, dtype=gx.dtype)
         for i in range(kh):
             for j in range(kw):
-                off = i * Wp + j
+                off = ((i % sh) * sw + j % sw) * HW + (i // sh) * Wq + j // sw
                 src = gcol[(c * kh + i) * kw + j, nl * Lp:nl * Lp + L]
                 dst = buf[off:off + L]
                 for q in range(L):
                     dst[q] += src[q]
         g = gx[n0 + nl, c]
         for h in range(H):
-            row = buf[(h + pt) * Wp + pl:(h + pt) * Wp + pl + W]
+            hp = h + pt
+            base = (hp % sh) * sw * HW + (hp // sh) * Wq
             dst = g[h]
-            for w in range(W):
-                dst[w] = row[w]
+            if sw == 1:
+                row = buf[base + pl:base + pl + W]
+                for w in range(W):
+                    dst[w] = row[w]
+            else:
+                for w in range(W):
+                    wp = w + pl
+                    dst[w] = buf[base + (wp % sw) * HW + wp // sw]
+
+
+@njit(cache=True)
+def _flat_to_nk_bias(y2, b, n0, Wq, y):
+    """(K, nb*Ho*Wq) GEMM result at the phase-plane width Wq -> samples n0.. of y (N, K, Ho, Wo), plus bias."""
+    K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
+    Lp = Ho * Wq
+    nb = y2.shape[1] // Lp
+    for t in prange(nb * K):
+        nl = t // K
+        k = t - nl * K
+        bk = b[k]
+        for oh in range(Ho):
+            o = nl * Lp + oh * Wq
+            src = y2[k, o:o + Wo]
+            dst = y[n0 + nl, k, oh]
+            for ow in range(Wo):
+                dst[ow] = src[ow] + bk
 
 
 _KB = 8  # filters per direct-forward task: their accumulators stay in L1/L2
@@ -379,6 +299,23 @@ def chunk_size(N, R, P, itemsize) -> int:
     return max(1, min(N, CHUNK_BYTES // max(1, R * P * itemsize)))
 
 
+def _phase_geometry(H, W, sh, sw, pads):
+    """Height and width of the stride-phase planes of the padded input."""
+    pt, pb, pl, pr = pads
+    return -(-(H + pt + pb) // sh), -(-(W + pl + pr) // sw)
+
+
+def _phases(x, stride, pads):
+    N, C, H, W = x.shape
+    sh, sw = stride
+    Hq, Wq = _phase_geometry(H, W, sh, sw, pads)
+    if (sh, sw) == (1, 1):
+        return pad2d(x, pads) if any(pads) else x
+    xq = np.empty((N, C * sh * sw, Hq, Wq), dtype=x.dtype)
+    _space_to_depth(x, sh, sw, pads[0], pads[2], Hq, Wq, xq)
+    return xq
+
+
 def conv2d_forward(x, w, b, stride, pads, ctx=None):
     N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo = _geometry(x.shape, w.shape, stride, pads)
     y = np.empty((N, K, Ho, Wo), dtype=x.dtype)
@@ -395,21 +332,17 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
         return y
     P, R = Ho * Wo, C * kh * kw
     wr = w.reshape(K, R)
-    y3 = y.reshape(N, K, P)
     if _is_pointwise(w.shape, stride, pads):
+        y3 = y.reshape(N, K, P)
         x3 = x.reshape(N, C, P)
         for n in range(N):
             np.matmul(wr, x3[n], out=y3[n])
         if b is not None:
             _add_bias(y3, 0, N, b)
         return y
-    flat = (sh, sw) == (1, 1)
-    if flat:  # columns at the padded width: one contiguous copy per row
-        xs = pad2d(x, pads) if any(pads) else x
-        Wp = W + pl + pr
-        Pc = Ho * Wp
-    else:
-        xs, Wp, Pc = x, 0, P
+    xq = _phases(x, stride, pads)
+    Wq = xq.shape[3]
+    Pc = Ho * Wq
     nb = chunk_size(N, R, Pc, x.itemsize)
     if nb == N and ctx is not None:  # one chunk: keep the columns for the backward
         col = np.empty((R, N * Pc), dtype=x.dtype)
@@ -420,21 +353,10 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         c = col if m == nb else scratch("col", (R, m * Pc), x.dtype)  # last, shorter chunk
-        if flat:
-            _im2col_flat(xs, n0, m, kh, kw, Ho, c)
-            y2 = scratch("gemm_out", (K, m * Pc), x.dtype)
-            np.matmul(wr, c, out=y2)
-            _flat_to_nk_bias(y2, bias, n0, Wp, y)
-            continue
-        _im2col(x, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, c)
-        if m == 1:
-            np.matmul(wr, c, out=y3[n0])
-            if b is not None:
-                _add_bias(y3, n0, 1, b)
-        else:
-            y2 = scratch("gemm_out", (K, m * P), x.dtype)
-            np.matmul(wr, c, out=y2)
-            _kn_to_nk_bias(y2, bias, n0, y3)
+        _im2col_flat(xq, n0, m, kh, kw, sh, sw, Ho, Wo, c)
+        y2 = scratch("gemm_out", (K, m * Pc), x.dtype)
+        np.matmul(wr, c, out=y2)
+        _flat_to_nk_bias(y2, bias, n0, Wq, y)
     return y
 
 
@@ -468,37 +390,27 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
             if need_gx:
                 np.matmul(wt, gy3[n], out=gx[n].reshape(C, P))
         return gx, gw2.reshape(w.shape), gb
-    flat = (sh, sw) == (1, 1)
-    Hp, Wp = H + pt + pb, W + pl + pr
-    Pc = Ho * Wp if flat else P
+    Hq, Wq = _phase_geometry(H, W, sh, sw, pads)
+    Pc = Ho * Wq
     nb = chunk_size(N, R, Pc, x.itemsize)
     col_all = cached.get("col")
-    xs = None
-    if flat and not direct and col_all is None:
-        xs = pad2d(x, pads) if any(pads) else x
+    xq = None
+    if not direct and col_all is None:
+        xq = _phases(x, stride, pads)
     if not direct:
         gw2 = np.empty((K, R), dtype=x.dtype)
         tmp = scratch("gw_part", (K, R), x.dtype)
     wt = wr.T
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
-        if flat:
-            g = scratch("gyT", (K, m * Pc), x.dtype)
-            _nk_to_flat(gy, n0, Wp, g)
-        elif m == 1:
-            g = gy3[n0]
-        else:
-            g = scratch("gyT", (K, m * P), x.dtype)
-            _nk_to_kn(gy3, n0, g)
+        g = scratch("gyT", (K, m * Pc), x.dtype)
+        _nk_to_flat(gy, n0, Wq, g)
         if not direct:
             if col_all is not None:
                 col = col_all
             else:
                 col = scratch("col", (R, m * Pc), x.dtype)
-                if flat:
-                    _im2col_flat(xs, n0, m, kh, kw, Ho, col)
-                else:
-                    _im2col(x, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, col)
+                _im2col_flat(xq, n0, m, kh, kw, sh, sw, Ho, Wo, col)
             if n0 == 0:
                 np.matmul(g, col.T, out=gw2)
             else:
@@ -507,10 +419,7 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
         if need_gx:
             gcol = scratch("gcol", (R, m * Pc), x.dtype)
             np.matmul(wt, g, out=gcol)
-            if flat:
-                _col2im_flat(gcol, n0, m, kh, kw, Ho, Hp, Wp, pt, pl, gx)
-            else:
-                _col2im(gcol, n0, m, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
+            _col2im_flat(gcol, n0, m, kh, kw, sh, sw, Ho, Wo, Hq, Wq, pt, pl, gx)
     if not direct:
         gw = gw2.reshape(w.shape)
     return gx, gw, gb
