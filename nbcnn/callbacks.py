@@ -7,7 +7,8 @@ model being trained; set ``model.stop_training = True`` to stop after the
 current batch (the CLI does this on Ctrl-C, then saves a checkpoint).
 Batch logs hold the running ``loss``/``accuracy`` of the epoch, ``size`` and
 ``batch``; epoch logs hold ``loss``, ``accuracy``, ``val_loss``,
-``val_accuracy``, ``lr`` and ``time`` (seconds).
+``val_accuracy``, ``lr``, ``time`` (the whole epoch, in seconds) and ``train_time``
+(without validation).
 """
 from __future__ import annotations
 

@@ -592,6 +592,7 @@ class Sequential:
                 for _ in range(start_b):
                     next(it, None)
             b = start_b
+            start_seen = seen
             completed = True
             with self.device.activate():
                 for xb, yb in it:
@@ -616,6 +617,7 @@ class Sequential:
                         completed = steps is not None and b >= steps
                         break
             bar.close()
+            train_s = time.perf_counter() - t0
             if not completed:
                 break
             self.progress = {"epoch": epoch + 1, "batch": 0}
@@ -628,12 +630,13 @@ class Sequential:
                 if "accuracy" in v:
                     logs["val_accuracy"] = v["accuracy"]
             logs["lr"] = self.optimizer.current_lr
-            logs["time"] = time.perf_counter() - t0
+            logs["time"] = time.perf_counter() - t0  # the whole epoch, validation included
+            logs["train_time"] = train_s
             cbl.on_epoch_end(epoch, logs)
             if verbose:
-                ips = seen / logs["time"] if logs["time"] > 0 else 0.0
+                ips = (seen - start_seen) / train_s if train_s > 0 else 0.0
                 parts = [f"Epoch {epoch + 1}/{epochs}", format_time(logs["time"]), f"{ips:,.0f} img/s"]
-                parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in ("lr", "time")]
+                parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in ("lr", "time", "train_time")]
                 print(" - ".join(parts), flush=True)
             if self.stop_training:
                 break
