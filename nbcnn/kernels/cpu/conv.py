@@ -284,9 +284,14 @@ def _geometry(x_shape, w_shape, stride, pads):
 
 
 def use_direct(x_shape, w_shape, stride) -> bool:
-    """Direct loops for stride 1 and few input channels (where im2col is pure overhead)."""
-    C, kh, kw = w_shape[1], w_shape[2], w_shape[3]
-    return stride == (1, 1) and C <= 3 and kh * kw >= 4
+    """Direct loops for stride 1, few input channels and few filters (where im2col is overhead).
+
+    Measured single-threaded, forward + weight gradient, batch 64: direct wins
+    1.1-1.8x at (C, K) = (1, 6), (2, 8), (3, 6) with 5x5 kernels, ties at
+    (1, 32) 3x3, loses 1.2x at (3, 32) 3x3 where the GEMM gets efficient.
+    """
+    K, C, kh, kw = w_shape
+    return stride == (1, 1) and C <= 3 and K * C <= 48 and kh * kw >= 4
 
 
 def _is_pointwise(w_shape, stride, pads) -> bool:
