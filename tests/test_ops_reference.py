@@ -255,3 +255,22 @@ def test_conv2d_chunked_im2col_matches_reference(monkeypatch, chunk, stride):
         got = ops.conv2d_backward(gy, x, w, stride, pads, ctx=ctx)
         for g, r in zip(got, ref.conv2d_backward(gy, x, w, stride, pads)):
             np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_ctx_is_not_reused_for_another_input():
+    """A ctx filled by a forward on x1 must not leak into the backward of x2 (same shapes)."""
+    rng = np.random.default_rng(9)
+    x1 = rng.standard_normal((4, 3, 6, 6))
+    x2 = rng.standard_normal((4, 3, 6, 6))
+    w = rng.standard_normal((5, 3, 3, 3))
+    ctx = {}
+    ops.conv2d(x1, w, padding=1, ctx=ctx)
+    gy = rng.standard_normal((4, 5, 6, 6))
+    got = ops.conv2d_backward(gy, x2, w, padding=1, ctx=ctx)
+    for g, r in zip(got, ref.conv2d_backward(gy, x2, w, (1, 1), (1, 1, 1, 1))):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+    pctx = {}
+    ops.max_pool2d(x1, 2, ctx=pctx)
+    g = rng.standard_normal((4, 3, 3, 3))
+    np.testing.assert_allclose(ops.max_pool2d_backward(g, x2, 2, ctx=pctx),
+                               ref.max_pool2d_backward(g, x2, (2, 2), (2, 2), (0, 0)))

@@ -13,7 +13,12 @@ padding as ``(top, bottom, left, right)``, stride as ``(sh, sw)``)::
     avg_pool2d_backward(gy, x_shape, size, stride, pads) -> gx
 
 ``ctx`` is an optional dict owned by the caller (a layer): the forward may
-store what its backward can reuse (im2col columns, argmax indices). Shape
-arithmetic shared by both backends lives in :mod:`nbcnn.kernels.geometry`.
+store what its backward can reuse (im2col columns, argmax indices). Its
+contents are private to the backend. A backward reuses them only when the
+shapes match AND it gets the very same ``x`` object the forward got (the CPU
+backend keeps a reference and checks ``is``); otherwise it recomputes, so a
+stale ctx can cost time but never give a wrong gradient. Empty batches
+never reach the kernels (the ops layer answers them).
+Shape arithmetic shared by both backends lives in :mod:`nbcnn.kernels.geometry`.
 The ``cuda`` package is imported lazily, only when a CUDA device is used.
 """

@@ -325,9 +325,12 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
     N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo = _geometry(x.shape, w.shape, stride, pads)
     y = np.empty((N, K, Ho, Wo), dtype=x.dtype)
     key = (x.shape, w.shape, stride, pads)
+    old_col = None
     if ctx is not None:
+        old_col = ctx.get("col")  # reused across steps: a fresh buffer costs page faults
         ctx.clear()
         ctx["key"] = key
+        ctx["x"] = x  # the backward reuses this work only for this very input
     if use_direct(x.shape, w.shape, stride):
         bias = b if b is not None else np.zeros(K, dtype=x.dtype)
         xp = pad2d(x, pads) if any(pads) else x
@@ -350,7 +353,9 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
     Pc = Ho * Wq
     nb = chunk_size(N, R, Pc, x.itemsize)
     if nb == N and ctx is not None:  # one chunk: keep the columns for the backward
-        col = np.empty((R, N * Pc), dtype=x.dtype)
+        col = old_col
+        if col is None or col.shape != (R, N * Pc) or col.dtype != x.dtype:
+            col = np.empty((R, N * Pc), dtype=x.dtype)
         ctx["col"] = col
     else:
         col = scratch("col", (R, nb * Pc), x.dtype)
@@ -369,7 +374,7 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo = _geometry(x.shape, w.shape, stride, pads)
     P, R = Ho * Wo, C * kh * kw
     key = (x.shape, w.shape, stride, pads)
-    cached = ctx if (ctx is not None and ctx.get("key") == key) else {}
+    cached = ctx if (ctx is not None and ctx.get("key") == key and ctx.get("x") is x) else {}
     gy3 = gy.reshape(N, K, P)
     gb = np.empty(K, dtype=x.dtype)
     _bias_grad(gy3, gb)

@@ -233,13 +233,13 @@ def max_pool2d_forward(x, size, stride, pads, ctx=None):
         _max_fwd(x, size[0], size[1], stride[0], stride[1], pads[0], pads[2], y, idx)
     if ctx is not None:
         ctx.clear()
-        ctx.update(key=(x.shape, size, stride, pads), idx=idx)
+        ctx.update(key=(x.shape, size, stride, pads), idx=idx, x=x)
     return y
 
 
 def max_pool2d_backward(gy, x, size, stride, pads, ctx=None):
     key = (x.shape, size, stride, pads)
-    idx = ctx.get("idx") if (ctx is not None and ctx.get("key") == key) else None
+    idx = ctx.get("idx") if (ctx is not None and ctx.get("key") == key and ctx.get("x") is x) else None
     fast = _is_2x2(size, stride, pads)
     if idx is None:
         y = np.empty(_out_shape(x.shape, size, stride, pads), dtype=x.dtype)
