@@ -19,7 +19,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-RUN = ["--train-size", "400", "--test-size", "100", "--batch-size", "50", "--seed", "11", "--no-plot"]
+RUN = ["--train-size", "400", "--test-size", "100", "--batch-size", "50", "--seed", "11", "--no-plot",
+       "--schedule", "constant"]  # constant rate: 1 epoch then 1 more == 2 epochs straight
 
 
 def _script() -> str:

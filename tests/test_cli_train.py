@@ -60,7 +60,8 @@ def _same_weights(a, b):
 def test_train_writes_model_metrics_and_curves(trained):
     path, res = trained
     out = res.output
-    assert "Training lenet5 (61,706 parameters) on mnist" in out
+    assert "Training lenet5 (relu, max-pooling, 61,706 parameters) on mnist" in out
+    assert "adam lr 0.002 with cosine decay, batch 50, 1 epochs, seed 7" in out
     assert "240 train / 60 validation / 100 test images" in out
     assert "epoch 1/1  loss " in out and "val_acc " in out
     assert "\r" not in out and "\x1b[" not in out  # not a terminal: no progress bar, no colours
@@ -147,15 +148,27 @@ def test_online_augmentation_resumes_exactly_whatever_the_worker_count(runner, t
     assert not _same_weights(tmp_path / "w0.nbcnn", tmp_path / "plain.nbcnn")
 
 
-def test_resume_a_finished_model_for_more_epochs(runner, tmp_path, trained):
-    path, _ = trained
-    longer = tmp_path / "longer.nbcnn"
-    res = runner.invoke(cli, ["train", "--epochs", "2", *TINY, "--no-plot", "--out", str(tmp_path / "two.nbcnn")])
+def test_resume_a_finished_model_for_more_epochs(runner, tmp_path):
+    """With a constant rate, 1 epoch + 1 more == 2 epochs; a cosine schedule would end after epoch 1 (a notice says so)."""
+    constant = [*TINY, "--schedule", "constant", "--no-plot"]
+    res = runner.invoke(cli, ["train", "--epochs", "1", *constant, "--out", str(tmp_path / "one.nbcnn")])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["train", "--resume", str(path), "--epochs", "2", "--out", str(longer), "--no-plot"])
+    res = runner.invoke(cli, ["train", "--epochs", "2", *constant, "--out", str(tmp_path / "two.nbcnn")])
+    assert res.exit_code == 0, res.output
+    longer = tmp_path / "longer.nbcnn"
+    res = runner.invoke(cli, ["train", "--resume", str(tmp_path / "one.nbcnn"), "--epochs", "2", "--out", str(longer)])
     assert res.exit_code == 0, res.output
     assert "epoch 2/2" in res.output and "epoch 1/2" not in res.output
+    assert "schedule" not in res.output
     assert _same_weights(tmp_path / "two.nbcnn", longer)
+
+
+def test_resume_past_a_cosine_schedule_warns(runner, trained, tmp_path):
+    path, _ = trained  # 1 epoch, cosine decay over that epoch
+    res = runner.invoke(cli, ["train", "--resume", str(path), "--epochs", "2", "--out", str(tmp_path / "x.nbcnn"),
+                              "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert "the learning-rate schedule of this run ends at epoch 1; epochs 2-2 train with its final rate" in res.output
 
 
 def test_train_on_the_bundled_sample_with_a_notice(runner, tmp_path, monkeypatch):
@@ -169,8 +182,8 @@ def test_train_on_the_bundled_sample_with_a_notice(runner, tmp_path, monkeypatch
 
 
 def test_train_defaults(runner, tmp_path, monkeypatch):
-    """No options: LeNet-5, MNIST, adam, 10 epochs, written to ./lenet5-mnist.nbcnn (checked via --help
-    and a dry look at the option defaults, not a 10-epoch run)."""
+    """No options: LeNet-5 on MNIST written to ./lenet5-mnist.nbcnn (checked on the option defaults and a
+    1-epoch run on a few images, not a full 15-epoch run)."""
     from nbcnn.cli.train import train
 
     defaults = {p.name: p.default for p in train.params}
