@@ -57,3 +57,32 @@ def test_sizes():
     # a layer of ten 3x3x3 filters: 10 * 27 weights + 10 biases
     w, b = np.zeros((10, 3, 3, 3)), np.zeros(10)
     assert w.size + b.size == 280
+
+
+HORIZONTAL = [[1, 1, 1], [0, 0, 0], [-1, -1, -1]]
+SOBEL = [[1, 0, -1], [2, 0, -2], [1, 0, -1]]
+SCHARR = [[3, 0, -3], [10, 0, -10], [3, 0, -3]]
+STEP_V = [[10, 10, 10, 0, 0, 0]] * 6             # bright left half: a vertical edge
+STEP_H = [[10] * 6] * 3 + [[0] * 6] * 3          # bright top half: a horizontal edge
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hand_picked_filters(dtype):
+    # by hand: each output is (sum of the filter's left column) * (left - right), i.e. 3, 4, 16 times 10
+    fb = np.asarray([VERT, SOBEL, SCHARR, HORIZONTAL], dtype)[:, None]  # (4, 1, 3, 3) filter bank
+    y = ops.conv2d(_img(STEP_V, dtype), fb)
+    np.testing.assert_array_equal(y[0, 0], [[0, 30, 30, 0]] * 4)
+    np.testing.assert_array_equal(y[0, 1], [[0, 40, 40, 0]] * 4)
+    np.testing.assert_array_equal(y[0, 2], [[0, 160, 160, 0]] * 4)
+    np.testing.assert_array_equal(y[0, 3], np.zeros((4, 4)))     # no horizontal edge here
+    y = ops.conv2d(_img(STEP_H, dtype), fb)
+    np.testing.assert_array_equal(y[0, 3], [[0] * 4, [30] * 4, [30] * 4, [0] * 4])
+    np.testing.assert_array_equal(y[0, :3], np.zeros((3, 4, 4)))  # vertical-edge filters see nothing
+
+
+def test_sobel_same_padding_keeps_size_and_sees_the_border():
+    y = ops.conv2d(_img(STEP_V), _img(SOBEL), padding="same")
+    assert y.shape == (1, 1, 6, 6)
+    # zero padding makes the left border look like an edge from 0 up to 10: -30 at the corners, -40 inside
+    np.testing.assert_array_equal(y[0, 0, :, 0], [-30, -40, -40, -40, -40, -30])
+    np.testing.assert_array_equal(y[0, 0, 1:5, 1:5], [[0, 40, 40, 0]] * 4)
