@@ -3,9 +3,8 @@
 Two algorithms, chosen per shape (measured on 2 cores, see shared notes):
 
 * **im2col**, "flat" and in chunks of ``nb`` samples small enough that the
-  column matrix stays in cache (~12 MB): im2col writes it, the GEMM reads it
-  back at once (one whole-batch column matrix, 75 MB on a VGG layer, made
-  im2col/col2im DRAM-bound and as costly as the GEMMs). The input is first
+  column matrix stays bounded (64 MB; whole batch for small CNNs, so few
+  parallel regions: see CHUNK_BYTES). The input is first
   zero-padded and split into its ``sh*sw`` stride phases (space-to-depth,
   one cheap pass); in phase planes of width ``Wq`` every (c, i, j) row of
   the column matrix is then ONE contiguous copy of length ``(Ho-1)*Wq+Wo``
@@ -29,15 +28,17 @@ from numba import njit, prange
 from .pad import pad2d
 from .scratch import scratch
 
-# The layout copies (_kn_to_nk_bias, _nk_to_flat, ...) and the bias gradient
+# The layout copies (_flat_to_nk_bias, _nk_to_flat, _space_to_depth) and the bias gradient
 # are serial on purpose: memory-bound passes that 2 threads speed up little,
 # while each parallel kernel costs ~0.5 s more to compile from cold and a
 # barrier that stalls on a loaded machine.
 
-# Column-matrix bytes per chunk: small enough to stay in L3 between im2col
-# and the GEMM, large enough to keep the number of parallel regions (each a
-# barrier, costly on a loaded 2-core machine) and per-call overheads low.
-CHUNK_BYTES = 12 << 20
+# Column-matrix bytes per chunk. Every chunk costs a few parallel regions,
+# and on a loaded 2-core machine each region's barrier waits ~10 ms for a
+# descheduled worker (measured: VGG fwd+bwd 2 threads, load ~4: 12 MB chunks
+# 670-700 ms, one chunk 210-270 ms, 1 thread 95 ms). So chunks are large and
+# balanced: only layers whose column matrix exceeds this are split.
+CHUNK_BYTES = 64 << 20
 
 
 @njit(cache=True)
@@ -300,8 +301,13 @@ def _is_pointwise(w_shape, stride, pads) -> bool:
 
 
 def chunk_size(N, R, P, itemsize) -> int:
-    """Samples per im2col chunk (depends on shapes only: results never depend on timing)."""
-    return max(1, min(N, CHUNK_BYTES // max(1, R * P * itemsize)))
+    """Samples per im2col chunk, balanced (depends on shapes only: results never depend on timing)."""
+    per = max(1, R * P * itemsize)
+    nchunks = -(-(N * per) // CHUNK_BYTES)
+    if nchunks <= 1:
+        return max(N, 1)
+    most = max(1, CHUNK_BYTES // per)          # samples that fit in one chunk
+    return min(most, -(-N // nchunks))
 
 
 def _phase_geometry(H, W, sh, sw, pads):
