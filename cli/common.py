@@ -31,10 +31,12 @@ class UserError(click.ClickException):
         error(self.format_message())
 
 
-# Exceptions that mean "the input or the environment is wrong", not "nbcnn has a bug".
+# Exceptions that mean "the input or the environment is wrong", not "nbcnn has a bug": the library
+# reports bad input as ValueError/TypeError naming the argument; OSError covers files and disks,
+# ImportError a missing optional package. Anything else (KeyError, IndexError, ...) is reported
+# as an internal error.
 def _user_error_types():
-    types = [FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-             ValueError, TypeError, KeyError, IndexError, OSError, ImportError, MemoryError]
+    types = [ValueError, TypeError, OSError, ImportError, MemoryError]
     try:
         from nbcnn.device import DeviceError
         types.append(DeviceError)
@@ -207,8 +209,8 @@ class Group(click.Group):
 
 def _describe(exc: BaseException) -> str:
     msg = str(exc)
-    if isinstance(exc, KeyError) and exc.args:
-        msg = str(exc.args[0])
+    if isinstance(exc, MemoryError):
+        msg = f"out of memory{': ' + msg if msg else ''} (try a smaller --batch-size)"
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         msg = f"{exc.strerror}: {exc.filename}"
     if not msg:
