@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from nbcnn.cli.main import cli
 from nbcnn import augment as A
 
 

@@ -5,7 +5,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import cli
+from nbcnn.cli.main import cli
 from nbcnn import augment as A
 from nbcnn import visualize as V
 
