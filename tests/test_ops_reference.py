@@ -274,3 +274,16 @@ def test_ctx_is_not_reused_for_another_input():
     g = rng.standard_normal((4, 3, 3, 3))
     np.testing.assert_allclose(ops.max_pool2d_backward(g, x2, 2, ctx=pctx),
                                ref.max_pool2d_backward(g, x2, (2, 2), (2, 2), (0, 0)))
+
+
+@pytest.mark.parametrize("C,K", [(1, 2), (4, 3)])  # direct path, im2col path
+def test_conv2d_propagates_nan_to_exactly_the_windows_that_see_it(C, K):
+    x = np.ones((2, C, 7, 7), np.float32)
+    x[1, 0, 3, 3] = np.nan
+    w = np.ones((K, C, 3, 3), np.float32)
+    y = ops.conv2d(x, w, padding=1)
+    assert not np.isnan(y[0]).any()
+    expected = np.zeros((7, 7), bool)
+    expected[2:5, 2:5] = True
+    for k in range(K):
+        np.testing.assert_array_equal(np.isnan(y[1, k]), expected)

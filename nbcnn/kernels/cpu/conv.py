@@ -11,6 +11,8 @@ Two algorithms, chosen per shape (measured on 2 cores, see shared notes):
   (output rows computed at width ``Wq``; the ``Wq-Wo`` junk columns are
   dropped after the GEMM and zeroed in the gradient). Row-by-row copies of
   ``Wo < 64`` floats did not vectorise and strided ones never did.
+  (Known edge: a NaN/inf in x can reach weight-gradient entries whose
+  windows never see it, via 0 * NaN in a junk column; finite inputs are exact.)
   1x1 stride-1 convolutions skip im2col (the input *is* the column matrix).
 * **direct** ("flat" stride-1 loops) for few input channels (LeNet conv1):
   each (c, i, j) term is one long contiguous axpy over the padded width,
