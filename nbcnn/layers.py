@@ -66,8 +66,8 @@ def act_forward_inplace(y, act: str):
     if act == "linear":
         return y
     if _fast(y):
-        flat = y.reshape(-1)
-        _ak.act_forward(flat, flat, _ak.CODES[act])
+        rows = y.reshape(y.shape[0], -1)
+        _ak.act_forward(rows, _ak.NO_BIAS, rows, _ak.CODES[act])
         return y
     xp = _xp(y)
     if act == "relu":
@@ -89,7 +89,8 @@ def act_backward(gy, y, act: str, out=None):
     if _fast(y) and _fast(gy):
         if out is None:
             out = np.empty_like(y)
-        _ak.act_backward(gy.reshape(-1), y.reshape(-1), out.reshape(-1), _ak.CODES[act])
+        shape = (y.shape[0], -1)
+        _ak.act_backward(gy.reshape(shape), y.reshape(shape), out.reshape(shape), _ak.NO_BIAS, _ak.CODES[act])
         return out
     if act == "relu":
         r = gy * (y > 0)
@@ -515,10 +516,7 @@ class Dense(Layer):
         y = xp.matmul(x, W)
         act = self.activation
         if _fast(y) and act != "softmax":
-            if self.use_bias:
-                _ak.bias_act_rows(y, self.params[1], _ak.CODES[act])
-            else:
-                act_forward_inplace(y, act)
+            _ak.act_forward(y, self.params[1] if self.use_bias else _ak.NO_BIAS, y, _ak.CODES[act])
         else:
             if self.use_bias:
                 y += self.params[1]
@@ -541,8 +539,8 @@ class Dense(Layer):
             g[...] = y * (gy - (gy * y).sum(axis=1, keepdims=True))
             gb = g.sum(axis=0) if self.use_bias else None
         elif self.use_bias and _fast(y) and _fast(gy):
-            _ak.act_backward_rows_bias(gy, y, g, self.grads[1] if self.trainable else
-                                       np.empty(y.shape[1], y.dtype), _ak.CODES[act])
+            _ak.act_backward(gy, y, g, self.grads[1] if self.trainable else np.empty(y.shape[1], y.dtype),
+                             _ak.CODES[act])
             gb = None
         else:
             g = act_backward(gy, y, act, out=g) if act != "linear" else gy

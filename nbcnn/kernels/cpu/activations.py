@@ -7,9 +7,10 @@ gradient) saves passes over memory. The layers call these only for float32
 NumPy arrays; float64 (gradient checks) and CuPy arrays take NumPy/CuPy
 expressions in :mod:`nbcnn.layers`, which are also the reference in tests.
 
-Activation codes: 0 linear, 1 relu, 2 tanh, 3 sigmoid. Every function takes
-1-D (flat) or 2-D row arrays as documented, C-contiguous, and may work in place
-(``out`` is ``x``). Sigmoid is ``0.5 * tanh(x / 2) + 0.5`` on the same
+Activation codes: 0 linear, 1 relu, 2 tanh, 3 sigmoid. Both kernels take
+C-contiguous 2-D row arrays and may work in place (``out`` is ``x``). There are
+only two kernels (bias optional) because each parallel kernel costs seconds of
+first-run compile time. Sigmoid is ``0.5 * tanh(x / 2) + 0.5`` on the same
 approximation, so it is as fast as tanh.
 """
 from __future__ import annotations
@@ -19,7 +20,6 @@ from numba import njit, prange
 
 LINEAR, RELU, TANH, SIGMOID = 0, 1, 2, 3
 CODES = {"linear": LINEAR, None: LINEAR, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID}
-_BLOCK = 8192
 
 # Rational minimax approximation of tanh on [-7.9053, 7.9053] (the form used by
 # Eigen's fast tanh): max abs error ~3e-7 in float32, saturates to +-1 outside.
@@ -91,46 +91,37 @@ def _bwd_block(gy, y, out, lo, hi, code):
             out[i] = gy[i]
 
 
-@njit(parallel=True, cache=True)
-def act_forward(x, out, code):
-    """``out = act(x)`` on flat float32 arrays (``out`` may be ``x``)."""
-    n = x.size
-    nb = (n + _BLOCK - 1) // _BLOCK
-    for b in prange(nb):
-        lo = b * _BLOCK
-        _fwd_block(x, out, lo, min(lo + _BLOCK, n), code)
+NO_BIAS = np.empty(0, dtype=np.float32)
 
 
 @njit(parallel=True, cache=True)
-def act_backward(gy, y, out, code):
-    """``out = gy * act'(x)`` written from the forward output ``y`` (flat float32)."""
-    n = y.size
-    nb = (n + _BLOCK - 1) // _BLOCK
-    for b in prange(nb):
-        lo = b * _BLOCK
-        _bwd_block(gy, y, out, lo, min(lo + _BLOCK, n), code)
+def act_forward(x, b, out, code):
+    """``out[r] = act(x[r] + b)`` on 2-D ``(R, M)`` float32 rows; ``b`` is ``(M,)`` or
+    :data:`NO_BIAS`. ``out`` may be ``x``. One kernel serves the fused Dense epilogue and
+    every element-wise activation (a conv output is viewed as ``(N, K*H*W)``)."""
+    R, M = x.shape
+    has_bias = b.shape[0] > 0
+    for r in prange(R):
+        src = x[r]
+        orow = out[r]
+        if has_bias:
+            for j in range(M):
+                orow[j] = src[j] + b[j]
+            src = orow
+        _fwd_block(src, orow, 0, M, code)
 
 
 @njit(parallel=True, cache=True)
-def bias_act_rows(y, b, code):
-    """In place on a 2-D ``(N, M)`` array: ``y[n] = act(y[n] + b)`` (a Dense layer's epilogue)."""
-    N, M = y.shape
-    for n in prange(N):
-        row = y[n]
+def act_backward(gy, y, out, gb, code):
+    """``out = gy * act'(x)`` from the forward output ``y`` on ``(R, M)`` rows; when ``gb`` is
+    ``(M,)`` (not :data:`NO_BIAS`) also ``gb = out.sum(axis=0)`` (the Dense bias gradient)."""
+    R, M = y.shape
+    for r in prange(R):
+        _bwd_block(gy[r], y[r], out[r], 0, M, code)
+    if gb.shape[0] > 0:
         for j in range(M):
-            row[j] += b[j]
-        _fwd_block(row, row, 0, M, code)
-
-
-@njit(parallel=True, cache=True)
-def act_backward_rows_bias(gy, y, out, gb, code):
-    """``out = gy * act'(y)`` on ``(N, M)`` rows and ``gb = out.sum(axis=0)`` (Dense backward)."""
-    N, M = y.shape
-    for n in prange(N):
-        _bwd_block(gy[n], y[n], out[n], 0, M, code)
-    for j in range(M):
-        gb[j] = 0
-    for n in range(N):
-        row = out[n]
-        for j in range(M):
-            gb[j] += row[j]
+            gb[j] = 0
+        for r in range(R):
+            row = out[r]
+            for j in range(M):
+                gb[j] += row[j]
