@@ -56,7 +56,14 @@ def augment(dataset, data_dir, spec, copies, no_original, limit, seed, out_dir, 
     with counting_bar(len(x_tr) * copies, "augment") as bar:
         xa, ya = A.augment_dataset(x_tr, y_tr, pipeline, copies, seed=seed, include_original=not no_original,
                                    progress=bar.update)
+    # Keep each source image next to its copies: `nbcnn train --val-split` holds out the tail, and
+    # with the copies in separate blocks that tail would be distorted twins of training images.
+    group = copies + (0 if no_original else 1)
+    order = np.arange(group * len(x_tr)).reshape(group, len(x_tr)).T.ravel()
+    xa, ya = xa[order], ya[order]
     files = A.write_dataset(out_dir, dataset, (xa, ya), (x_te, y_te))
+    loading.write_augment_info(files[0].parent, group_size=group, source_images=len(x_tr),
+                               spec=pipeline.spec(), seed=seed)
     common.echo(f"{dataset}: {len(ya)} training images ({'' if no_original else 'originals + '}"
                 f"{copies} cop{'y' if copies == 1 else 'ies'} with {pipeline.spec()}), {len(y_te)} test images")
     common.echo(f"wrote {files[0].parent}/ ({sum(f.stat().st_size for f in files) / 1e6:.1f} MB)")

@@ -177,7 +177,46 @@ def load_dataset(name: str, data_dir=None):
     info = {"dataset": key, "train_size": int(len(x_train)), "test_size": int(len(x_test)),
             "bundled_sample": src.get("source") == "sample", "source": src.get("source"),
             "location": src.get("location")}
+    info["group_size"] = read_augment_info(src.get("location")).get("group_size", 1)
     return (x_train, y_train), (x_test, y_test), info
+
+
+AUGMENT_INFO = "augment.json"
+
+
+def write_augment_info(folder, **info) -> None:
+    """Describe an augmented data set written by ``nbcnn augment`` (atomically)."""
+    import json
+    import os
+    import tempfile
+
+    folder = Path(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{AUGMENT_INFO}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+        os.replace(tmp, folder / AUGMENT_INFO)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_augment_info(location) -> dict:
+    """The ``augment.json`` beside a data set's files, or {} (none, unreadable or not a dict)."""
+    import json
+
+    if not location:
+        return {}
+    folder = Path(location)
+    if folder.is_file():
+        folder = folder.parent
+    try:
+        info = json.loads((folder / AUGMENT_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(info, dict) or not isinstance(info.get("group_size", 1), int) or info.get("group_size", 1) < 1:
+        return {}
+    return info
 
 
 def as_nchw_uint8(x: np.ndarray) -> np.ndarray:

@@ -269,6 +269,19 @@ class _CliCallback(Callback):
         self.t.record_epoch(epoch, logs or {}, self.seen)
 
 
+def validation_cut(n: int, val_split: float, group: int = 1) -> int:
+    """Where the held-out tail starts (Keras convention: the last fraction, not shuffled).
+
+    In a set written by ``nbcnn augment`` each source image sits next to its
+    ``group - 1`` distorted copies; the tail then holds whole groups, so no
+    validation image is a distorted twin of a training image.
+    """
+    n_val = int(round(n * val_split))
+    if group > 1 and n_val % group:
+        n_val += group - n_val % group
+    return n - n_val
+
+
 class Trainer:
     """One ``nbcnn train`` invocation: settings, data, model, the loop, the files."""
 
@@ -336,10 +349,9 @@ class Trainer:
             x_tr, y_tr = x_tr[:o["train_size"]], y_tr[:o["train_size"]]
         if o["test_size"] is not None:
             x_te, y_te = x_te[:o["test_size"]], y_te[:o["test_size"]]
-        n_val = int(round(len(x_tr) * o["val_split"]))
-        if len(x_tr) - n_val < 1:
+        cut = validation_cut(len(x_tr), o["val_split"], int(self.data_info.get("group_size", 1)))
+        if cut < 1:
             raise common.UserError(f"--val-split {o['val_split']} leaves no training images out of {len(x_tr)}")
-        cut = len(x_tr) - n_val  # Keras convention: the last fraction, not shuffled
         self.x_train, self.y_train = x_tr[:cut], y_tr[:cut]
         self.x_val, self.y_val = x_tr[cut:], y_tr[cut:]
         self.x_test, self.y_test = x_te, y_te
