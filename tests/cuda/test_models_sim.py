@@ -34,3 +34,22 @@ def test_model_on_simulated_cuda_matches_cpu(tmp_path):
     gpu.save(tmp_path / "g.nbcnn")
     back = nbcnn.load_model(tmp_path / "g.nbcnn", device="cpu")
     np.testing.assert_allclose(back.predict(x), gpu.predict(x), atol=1e-6)
+
+
+def test_to_moves_weights_and_optimizer_state():
+    r = np.random.default_rng(1)
+    x = r.random((4, 1, 6, 6), dtype=np.float32)
+    y = r.integers(0, 3, 4)
+    m = _mk("cpu")
+    m.compile(optimizer=optim.Adam(0.01))
+    m.train_on_batch(x, y)
+    before = m.predict(x)
+    state = {k: v.copy() for k, v in m.optimizer.state.items()}
+    m.to("cuda")
+    assert m.device.kind == "cuda"
+    np.testing.assert_allclose(m.predict(x), before, atol=1e-6)
+    for k, v in state.items():
+        assert np.array_equal(m.optimizer.state[k], v)
+    m.train_on_batch(x, y)
+    m.to("cpu")
+    assert m.device.kind == "cpu" and m.optimizer.iterations == 2
