@@ -151,7 +151,8 @@ def interleave(variants: dict, rounds: int = 7, round_s: float = 0.2, max_reps: 
     a name to a callable run after each call (device synchronisation). Each
     variant is called twice untimed first (compilation, caches), then timed
     (best of 3) to pick how many calls fill ``round_s`` per round (at least
-    ``min_reps``, at most ``max_reps``).
+    ``min_reps``, at most ``max_reps``; a round stops early past ``4 * round_s``,
+    so a load spike cannot stretch the run).
 
     Returns ``{"stats": {name: {...}}, "ratios": {"a/b": median of per-round ratios}}``;
     times in seconds.
@@ -198,6 +199,8 @@ def interleave(variants: dict, rounds: int = 7, round_s: float = 0.2, max_reps: 
                     if sy:
                         sy()
                     ts.append(time.perf_counter() - t0)
+                    if sum(ts) > 4 * round_s:  # a loaded machine: keep the run bounded
+                        break
                 round_min[n].append(min(ts))
                 round_mean[n].append(sum(ts) / len(ts))
     finally:
