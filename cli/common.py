@@ -8,13 +8,14 @@ one place and the commands only raise.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
 import click
+
+from nbcnn import _atomic as atomic
 
 # Exit codes: click uses 2 for usage errors; 130 is the shell's code for Ctrl-C.
 EXIT_ERROR = 1
@@ -95,18 +96,7 @@ def _one_line(text: str) -> str:
 
 def write_json(path, obj) -> Path:
     """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic.write_json(path, obj, indent=2, default=_json_default)
 
 
 def _json_default(obj):

@@ -186,19 +186,9 @@ AUGMENT_INFO = "augment.json"
 
 def write_augment_info(folder, **info) -> None:
     """Describe an augmented data set written by ``nbcnn augment`` (atomically)."""
-    import json
-    import os
-    import tempfile
+    from nbcnn._atomic import write_json
 
-    folder = Path(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{AUGMENT_INFO}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
-        os.replace(tmp, folder / AUGMENT_INFO)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(Path(folder) / AUGMENT_INFO, info)
 
 
 def read_augment_info(location) -> dict:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_open
 
 __all__ = [
     "rotate", "affine", "translate", "mirror", "add_noise", "color_shift",
@@ -445,27 +445,12 @@ def write_idx(path, arr, *, compress=None):
         raise TypeError(f"{path.name}: dtype {arr.dtype} has no IDX type")
     header = struct.pack(">HBB", 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
     compress = path.suffix == ".gz" if compress is None else compress
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            f = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
-            f.write(header)
-            f.write(np.ascontiguousarray(arr).tobytes())
-            if compress:
-                f.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "wb") as raw:
+        f = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
+        f.write(header)
+        f.write(np.ascontiguousarray(arr).tobytes())
+        if compress:
+            f.close()
     return path
 
 

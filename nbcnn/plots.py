@@ -7,10 +7,11 @@ it, so callers can degrade to a one-line notice.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_path
 
 __all__ = ["PlotUnavailable", "plot_history", "plot_confusion_matrix", "confusion_matrix",
            "matplotlib_available"]
@@ -42,14 +43,8 @@ def _pyplot():
 def _save(fig, path) -> Path:
     """Save atomically: a half-written PNG must never replace a good one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_path, write_json
 
 __all__ = [
     "layer_index", "extract_features", "replace_head", "freeze", "unfreeze", "train_last",
@@ -253,27 +254,6 @@ def data_digest(x) -> str:
     return h.hexdigest()
 
 
-def _umask_mode(path):
-    """Give a temp file (mkstemp makes 0600) the permissions a normal open() would."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _atomic_bytes(path: Path, data: bytes):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
 def _unlink(p):
     try:
         os.unlink(p)
@@ -348,9 +328,7 @@ class FeatureCache:
     def _build(self, model, upto, x, npy, meta, key, batch_size, progress, fields):
         _unlink(meta)  # the old entry is invalid from now on, whatever happens next
         t0 = time.perf_counter()
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{npy.name}.", suffix=".tmp.npy")
-        os.close(fd)
-        try:
+        with atomic_path(npy, ".tmp.npy") as tmp:
             mm = None
             for s, f in _iter_features(model, upto, x, int(batch_size)):
                 if mm is None:
@@ -364,16 +342,9 @@ class FeatureCache:
             _h_update_array(h, mm)
             shape, dtype = list(mm.shape), mm.dtype.str
             del mm
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            _umask_mode(tmp)
-            os.replace(tmp, npy)
-        except BaseException:
-            _unlink(tmp)
-            raise
         info = {"format": self.FORMAT, "key": key, "shape": shape, "dtype": dtype, "sha256": h.hexdigest(),
                 "seconds": round(time.perf_counter() - t0, 3), **fields}
-        _atomic_bytes(meta, json.dumps(info, indent=1).encode())
+        write_json(meta, info, indent=1)
 
 
 # ---------------------------------------------------------------- training on features

@@ -19,14 +19,13 @@ PNGs are written with Pillow, atomically. Areas of a patch outside the image
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .transfer import _layers, _umask_mode, extract_features, layer_index
+from ._atomic import atomic_path
+from .transfer import _layers, extract_features, layer_index
 
 __all__ = [
     "ReceptiveField", "receptive_field", "input_box", "top_activations", "top_patches", "save_patch_grid",
@@ -218,19 +217,8 @@ def top_patches(model, x, layer, units=None, k=9, *, batch_size=256, progress=No
 def _write_png(img, path):
     from PIL import Image
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, ".png") as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
-        _umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 
