@@ -29,8 +29,13 @@ class DeviceError(RuntimeError):
     """A device was asked for that this machine cannot provide."""
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_simulator_enabled() -> bool:
-    """True when Numba's CUDA simulator is on (it must be set before numba is imported)."""
+    """True when Numba's CUDA simulator is on.
+
+    Numba reads NUMBA_ENABLE_CUDASIM once, when it is first imported, so the
+    answer cannot change within a process: cached, since every op asks.
+    """
     import numba
 
     return bool(numba.config.ENABLE_CUDASIM)
