@@ -16,9 +16,10 @@ import csv
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
+
+from ._atomic import write_text
 
 __all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
            "JSONLogger", "LearningRateScheduler", "LambdaCallback", "TerminateOnNaN"]
@@ -176,20 +177,6 @@ class ModelCheckpoint(Callback):
             print(f"ModelCheckpoint: saved {path}")
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _plain(v):
     if isinstance(v, (np.floating, np.integer)):
         v = v.item()
@@ -223,7 +210,7 @@ class CSVLogger(Callback):
         w = csv.DictWriter(buf, fieldnames=keys)
         w.writeheader()
         w.writerows(self.rows)
-        _atomic_write_text(self.filename, buf.getvalue())
+        write_text(self.filename, buf.getvalue())
 
 
 class JSONLogger(Callback):
@@ -242,7 +229,7 @@ class JSONLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows.append({"epoch": epoch + 1, **{k: _plain(v) for k, v in (logs or {}).items()}})
-        _atomic_write_text(self.filename, json.dumps({"epochs": self.rows}, indent=1) + "\n")
+        write_text(self.filename, json.dumps({"epochs": self.rows}, indent=1) + "\n")
 
 
 class LearningRateScheduler(Callback):

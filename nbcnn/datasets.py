@@ -25,11 +25,12 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_open, write_bytes
 
 __all__ = [
     "load_mnist", "load_fashion_mnist", "load_dataset", "read_idx", "to_float", "BatchIterator",
@@ -229,25 +230,12 @@ def _download(name: str, timeout: float) -> Path:
             if got != spec["md5"][key]:
                 errors.append(f"{url}: MD5 {got} != {spec['md5'][key]}")
                 continue
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                _chmod_default(tmp)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            write_bytes(target, data)
             break
         else:
             raise OSError("; ".join(errors))
     return dest
 
-
-def _chmod_default(p) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(p, 0o666 & ~mask)
 
 
 def _md5(p: Path) -> str:
@@ -326,16 +314,9 @@ def build_sample(source=None, dest=SAMPLE_FILE, n_train: int = 5000, n_test: int
     if len(xtr) < 60000 or len(xte) < 10000:
         raise DatasetError(f"build_sample needs the full MNIST, got {len(xtr)} / {len(xte)} images")
     dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=dest.parent)
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, x_train=xtr[:n_train, 0], y_train=ytr[:n_train],
+    with atomic_open(dest, "wb") as f:
+        np.savez_compressed(f, x_train=xtr[:n_train, 0], y_train=ytr[:n_train],
                             x_test=xte[:n_test, 0], y_test=yte[:n_test])
-        _chmod_default(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dest
 
 

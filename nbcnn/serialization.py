@@ -19,10 +19,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ._atomic import atomic_open
 
 __all__ = ["save_model", "load_model", "ModelFileError", "FORMAT", "VERSION"]
 
@@ -85,30 +86,11 @@ def save_model(model, path, metadata: dict | None = None, include_optimizer: boo
         "layer_rngs": {l.name: l.rng.bit_generator.state for l in model.layers
                        if getattr(l, "rng", None) is not None and l.rng is not model._dropout_rng},
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nbcnn", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                zf.writestr(_INDEX, json.dumps(index, indent=1))
-                for name, arr in arrays:
-                    zf.writestr(name, _npy_bytes(arr))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _default_mode() -> int:
-    """0o666 minus the umask: what ``open()`` would have given (mkstemp uses 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    with atomic_open(path, "wb") as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(_INDEX, json.dumps(index, indent=1))
+            for name, arr in arrays:
+                zf.writestr(name, _npy_bytes(arr))
 
 
 def _read_array(zf, entry: dict, path: str) -> np.ndarray:
