@@ -63,6 +63,9 @@ def render_environment(rep: dict) -> str:
             ("numba / llvmlite", f"{e.get('numba')} / {e.get('llvmlite')}"),
             ("numba threading layer / threads", f"{e.get('numba_threading_layer')} / {e.get('numba_num_threads')}"),
             ("nbcnn BLAS policy", e.get("blas_policy"))]
+    if e.get("env_vars") is not None:
+        rows.append(("environment variables", ", ".join(f"`{k}={v}`" for k, v in sorted(e["env_vars"].items()))
+                     or "none of OPENBLAS_*, OMP_*, MKL_*, NUMBA_*, NBCNN_*"))
     for p in e.get("threadpools") or []:
         if p.get("user_api") == "blas":
             rows.append((f"BLAS ({p.get('internal_api')})",
@@ -96,8 +99,16 @@ def _replace_block(text: str, name: str, body: str) -> tuple[str, bool]:
 
 
 def update(results_md: Path, folder: Path) -> list[str]:
+    """Refresh every marked block: ``NAME`` from ``folder/NAME.json``, and ``NAME@SUB``
+    (e.g. ``ops@coretype-unset``, a re-run in another environment) from ``folder/SUB/NAME.json``."""
     text = results_md.read_text()
     done = []
+    for name, sub in sorted(set(re.findall(r"<!-- nbcnn\.bench:(\w+)@([\w.-]+):begin -->", text))):
+        rep = _load(folder / sub, "ops" if name == "environment" else name)
+        if rep is not None:
+            text, ok = _replace_block(text, re.escape(f"{name}@{sub}"), render(name, rep))
+            if ok:
+                done.append(f"{name}@{sub}")
     for name in SECTIONS:
         src = "ops" if name == "environment" else name
         rep = _load(folder, src)
@@ -109,6 +120,7 @@ def update(results_md: Path, folder: Path) -> list[str]:
     fd, tmp = tempfile.mkstemp(dir=results_md.parent, prefix=".RESULTS-", suffix=".md")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, results_md)
     return done
 

@@ -1095,7 +1095,10 @@ def environment(device: str = "cpu", torch_imported: bool = False) -> dict:
            "platform": platform.platform(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
            "nbcnn": nbcnn.__version__, "numpy": numpy.__version__, "numba": numba.__version__,
            "numba_num_threads": numba.get_num_threads(), "blas_policy": _threads.blas_policy(),
-           "loadavg": _loadavg(), "device": device}
+           "loadavg": _loadavg(), "device": device,
+           # thread/BLAS steering variables as this process saw them (a machine image may pin them)
+           "env_vars": {k: v for k, v in os.environ.items()
+                        if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_", "NBCNN_", "GOMP_"))}}
     try:
         import llvmlite
 
@@ -1269,6 +1272,7 @@ def _write_json(path: str, data) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, default=str)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read
         os.replace(tmp, path)
     except BaseException:
         try:
