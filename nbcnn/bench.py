@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 __all__ = [
     "BenchError", "ConvShape", "CONV_SHAPES", "POOL_SHAPE", "SHAPE_GROUPS", "TARGETS",
@@ -308,7 +308,6 @@ def _conv_case(shape: ConvShape, mode: str, dev: _Dev, torch, dtype, rng):
     """Callables for one conv case, plus a function that returns (ours, torch) results for a check."""
     from . import ops
 
-    np = dev.np
     ho, wo = shape.out_hw
     x = rng.standard_normal((shape.N, shape.C, shape.H, shape.W)).astype(dtype)
     w = (rng.standard_normal((shape.K, shape.C, shape.k, shape.k))
@@ -326,23 +325,23 @@ def _conv_case(shape: ConvShape, mode: str, dev: _Dev, torch, dtype, rng):
             gx, gw, _ = ops.conv2d_backward(gyd, xd, wd, s, p, ctx=ctx)
             return y, gx, gw
     variants = {"nbcnn": ours}
-    tfn = None
-    if torch is not None:
-        F = torch.nn.functional
-        tdev = "cuda" if dev.name == "cuda" else "cpu"
-        xt, wt, gyt = (torch.from_numpy(a).to(tdev) for a in (x, w, gy))
-        if mode == "fwd":
-            def tfn():
-                with torch.no_grad():
-                    return F.conv2d(xt, wt, None, s, p)
-        else:
-            xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    if torch is None:
+        return variants, None
+    F = torch.nn.functional
+    tdev = "cuda" if dev.name == "cuda" else "cpu"
+    xt, wt, gyt = (torch.from_numpy(a).to(tdev) for a in (x, w, gy))
+    if mode == "fwd":
+        def tfn():
+            with torch.no_grad():
+                return F.conv2d(xt, wt, None, s, p)
+    else:
+        xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
 
-            def tfn():
-                y = F.conv2d(xg, wg, None, s, p)
-                gx, gw = torch.autograd.grad(y, (xg, wg), gyt)
-                return y.detach(), gx, gw
-        variants["torch"] = tfn
+        def tfn():
+            y = F.conv2d(xg, wg, None, s, p)
+            gx, gw = torch.autograd.grad(y, (xg, wg), gyt)
+            return y.detach(), gx, gw
+    variants["torch"] = tfn
 
     def check():
         a = ours()
@@ -351,7 +350,7 @@ def _conv_case(shape: ConvShape, mode: str, dev: _Dev, torch, dtype, rng):
             return {"y": _rel_err(dev.to_numpy(a), b.cpu().numpy())}
         return {k: _rel_err(dev.to_numpy(u), v.cpu().numpy()) for k, u, v in zip(("y", "gx", "gw"), a, b)}
 
-    return variants, (check if torch is not None else None)
+    return variants, check
 
 
 def _pool_case(kind: str, mode: str, dev: _Dev, torch, dtype, rng, pool_shape=POOL_SHAPE):
