@@ -7,6 +7,8 @@ For each training-set size and seed, on the SAME class-balanced subset:
 Accuracy is measured on all test images of the three classes. Then the speed-up of training
 the head on cached features vs running the frozen layers in every epoch (same epochs, batch).
 
+    nbcnn train --epochs 8 --seed 1 --activation tanh --pooling avg --lr 0.001 --schedule constant \
+        --out lenet5-mnist.nbcnn      # the base model of the README numbers
     NBCNN_DATA=/work/shared/data python benchmarks/issue6_transfer_demo.py --base lenet5-mnist.nbcnn
 """
 from __future__ import annotations
