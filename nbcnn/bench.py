@@ -1263,22 +1263,10 @@ def format_report(report: dict, markdown: bool = False) -> str:
 # --------------------------------------------------------------------------- command line
 
 def _write_json(path: str, data) -> None:
-    """Atomic write: a temp file in the same folder, then os.replace."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Atomic write, so an interrupted benchmark never leaves half a report."""
+    from ._atomic import write_json
+
+    write_json(path, data, indent=1, default=str)
 
 
 def main(argv=None) -> int:
