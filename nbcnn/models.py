@@ -419,13 +419,20 @@ class Sequential:
                 x = layer.forward(x, training=training)
         return x
 
-    def _forward_train(self, x, logits_only: bool):
-        tail = self._softmax_tail() if logits_only else None
+    def _forward_stack(self, x, logits: bool, training: bool):
+        """Run the layers; returns ``(output, n_layers_run)``.
+
+        With ``logits`` a softmax tail (a Softmax layer, or a Dense with
+        activation="softmax") is left out, for the fused softmax + cross-entropy.
+        In training, frozen layers before the first trainable one run in
+        inference mode (no backward state), except Dropout.
+        """
+        tail = self._softmax_tail() if logits else None
         n = len(self.layers) - (1 if tail == "layer" else 0)
         first = self._first
         for i in range(n):
             layer = self.layers[i]
-            tr = i >= first or isinstance(layer, L.Dropout)
+            tr = training and (i >= first or isinstance(layer, L.Dropout))
             if tail == "dense" and i == n - 1:
                 layer.activation = "linear"
                 try:
@@ -436,20 +443,11 @@ class Sequential:
                 x = layer.forward(x, training=tr)
         return x, n
 
+    def _forward_train(self, x, logits_only: bool):
+        return self._forward_stack(x, logits_only, training=True)
+
     def _forward_eval(self, x, logits: bool):
-        tail = self._softmax_tail() if logits else None
-        n = len(self.layers) - (1 if tail == "layer" else 0)
-        for i in range(n):
-            layer = self.layers[i]
-            if tail == "dense" and i == n - 1:
-                layer.activation = "linear"
-                try:
-                    x = layer.forward(x, training=False)
-                finally:
-                    layer.activation = "softmax"
-            else:
-                x = layer.forward(x, training=False)
-        return x
+        return self._forward_stack(x, logits, training=False)[0]
 
     def _train_step(self, xb, yb):
         """One optimiser step on a prepared batch; returns (mean loss, number correct or -1)."""
