@@ -60,7 +60,7 @@ def test_info_text_and_json(runner):
     assert numpy.__version__ in res.output
     assert "\x1b[" not in res.output  # no colour codes when not on a terminal
     res = runner.invoke(cli, ["info", "--json"])
-    facts = json.loads(res.output)
+    facts = json.loads(res.stdout)
     assert facts["numpy"] == numpy.__version__
     assert isinstance(facts["gpu_usable"], bool) and facts["gpu_reason"]
     import nbcnn

@@ -275,7 +275,7 @@ def test_evaluate_json_to_stdout(runner, trained):
     path, _ = trained
     res = runner.invoke(cli, ["evaluate", str(path), "--limit", "50", "--json", "-", "--no-plot"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["images"] == 50
+    assert json.loads(res.stdout)["images"] == 50
 
 
 def test_evaluate_errors(runner, tmp_path):
@@ -328,7 +328,7 @@ def test_predict_images_and_arrays(runner, trained, tmp_path):
     res = runner.invoke(cli, ["predict", str(path), str(tmp_path / "three.npy"), str(tmp_path / "digit.png"),
                               "--json", "-k", "3"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert [r["input"].rsplit("/", 1)[-1] for r in out] == ["three.npy[0]", "three.npy[1]", "three.npy[2]",
                                                             "digit.png"]
     probs = nbcnn.load_model(path).predict(xt)
