@@ -736,16 +736,21 @@ def _run_child(code: str, env: dict, timeout: float, args=()) -> dict:
     return out
 
 
-# Child: time from `import nbcnn` to the first conv result, then each kernel
-# group's first call (compile or cache load) minus its second call.
-_STARTUP_OPS = r"""
-import time, json
+# Every child script starts with this: its own peak RSS (VmHWM; ru_maxrss would
+# carry the parent's peak over fork + exec). Imports nothing, so timings start clean.
+_CHILD_PRELUDE = r"""
+import json, sys, time
 def _hwm():
     # VmHWM (this process's own peak): ru_maxrss would carry the parent's peak over fork + exec
     with open("/proc/self/status") as f:
         for ln in f:
             if ln.startswith("VmHWM:"):
                 return int(ln.split()[1]) / 1024
+"""
+
+# Child: time from `import nbcnn` to the first conv result, then each kernel
+# group's first call (compile or cache load) minus its second call.
+_STARTUP_OPS = _CHILD_PRELUDE + r"""
 t0 = time.perf_counter()
 import nbcnn
 from nbcnn import ops
@@ -783,14 +788,7 @@ print(json.dumps({"import_s": t_import, "first_conv_s": t_first, "groups_s": gro
 """
 
 # Child: time from `import nbcnn` to the end of the first LeNet-5 training step.
-_STARTUP_TRAIN = r"""
-import time, json
-def _hwm():
-    # VmHWM (this process's own peak): ru_maxrss would carry the parent's peak over fork + exec
-    with open("/proc/self/status") as f:
-        for ln in f:
-            if ln.startswith("VmHWM:"):
-                return int(ln.split()[1]) / 1024
+_STARTUP_TRAIN = _CHILD_PRELUDE + r"""
 t0 = time.perf_counter()
 import nbcnn
 import numpy as np
@@ -843,14 +841,7 @@ def run_startup(what=("conv", "train"), threads: int = 2, timeout: float = 600, 
 # Child: peak RSS of LeNet-5 training at batch 256 (nbcnn or torch). The torch
 # child must not import nbcnn (numba + llvmlite would count against torch), so
 # it builds the network from _TORCH_LENET_SRC.
-_MEMORY = r"""
-import json, sys, time
-def _hwm():
-    # VmHWM (this process's own peak): ru_maxrss would carry the parent's peak over fork + exec
-    with open("/proc/self/status") as f:
-        for ln in f:
-            if ln.startswith("VmHWM:"):
-                return int(ln.split()[1]) / 1024
+_MEMORY = _CHILD_PRELUDE + r"""
 which, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def rss():
     with open("/proc/self/status") as f:
