@@ -185,8 +185,9 @@ def _plain(v):
     return v
 
 
-class CSVLogger(Callback):
-    """One CSV row per epoch (``epoch`` + every metric); rewritten atomically after each epoch."""
+class _EpochLogger(Callback):
+    """A file with one record per epoch (``epoch`` + every metric), rewritten atomically after each
+    epoch, so an interrupted run keeps every finished epoch. ``append`` continues an existing file."""
 
     def __init__(self, filename, append: bool = False):
         super().__init__()
@@ -194,42 +195,48 @@ class CSVLogger(Callback):
         self.rows: list[dict] = []
 
     def on_train_begin(self, logs=None):
-        self.rows = []
-        if self.append and os.path.exists(self.filename):
-            with open(self.filename, newline="") as f:
-                self.rows = list(csv.DictReader(f))
+        self.rows = self._read() if self.append and os.path.exists(self.filename) else []
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows.append({"epoch": epoch + 1, **{k: _plain(v) for k, v in (logs or {}).items()}})
+        write_text(self.filename, self._format())
+
+    def _read(self) -> list[dict]:
+        raise NotImplementedError
+
+    def _format(self) -> str:
+        raise NotImplementedError
+
+
+class CSVLogger(_EpochLogger):
+    """One CSV row per epoch (``epoch`` + every metric); rewritten atomically after each epoch."""
+
+    def _read(self):
+        with open(self.filename, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _format(self):
+        import io
+
         keys: list[str] = []
         for r in self.rows:
             keys += [k for k in r if k not in keys]
-        import io
-
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys)
         w.writeheader()
         w.writerows(self.rows)
-        write_text(self.filename, buf.getvalue())
+        return buf.getvalue()
 
 
-class JSONLogger(Callback):
+class JSONLogger(_EpochLogger):
     """A JSON file ``{"epochs": [{"epoch": 1, "loss": ...}, ...]}`` rewritten atomically after each epoch."""
 
-    def __init__(self, filename, append: bool = False):
-        super().__init__()
-        self.filename, self.append = os.fspath(filename), bool(append)
-        self.rows: list[dict] = []
+    def _read(self):
+        with open(self.filename) as f:
+            return json.load(f).get("epochs", [])
 
-    def on_train_begin(self, logs=None):
-        self.rows = []
-        if self.append and os.path.exists(self.filename):
-            with open(self.filename) as f:
-                self.rows = json.load(f).get("epochs", [])
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.rows.append({"epoch": epoch + 1, **{k: _plain(v) for k, v in (logs or {}).items()}})
-        write_text(self.filename, json.dumps({"epochs": self.rows}, indent=1) + "\n")
+    def _format(self):
+        return json.dumps({"epochs": self.rows}, indent=1) + "\n"
 
 
 class LearningRateScheduler(Callback):
