@@ -70,22 +70,22 @@ def _has_params(layer) -> bool:
     return bool(getattr(layer, "param_names", ())) or bool(getattr(layer, "params", []))
 
 
-def freeze(model, upto=None):
-    """Make layers ``0..upto`` (inclusive; all when None) non-trainable. Returns the index."""
+def _set_trainable(model, upto, flag: bool) -> int:
     layers = _layers(model)
     last = len(layers) - 1 if upto is None else layer_index(model, upto)
     for l in layers[:last + 1]:
-        l.trainable = False
+        l.trainable = flag
     return last
+
+
+def freeze(model, upto=None):
+    """Make layers ``0..upto`` (inclusive; all when None) non-trainable. Returns the index."""
+    return _set_trainable(model, upto, False)
 
 
 def unfreeze(model, upto=None):
     """Make layers ``0..upto`` (inclusive; all when None) trainable again. Returns the index."""
-    layers = _layers(model)
-    last = len(layers) - 1 if upto is None else layer_index(model, upto)
-    for l in layers[:last + 1]:
-        l.trainable = True
-    return last
+    return _set_trainable(model, upto, True)
 
 
 def train_last(model, n=1):
