@@ -10,6 +10,8 @@ from nbcnn.kernels.geometry import resolve_padding
 
 # (N, C, H, W, K, kh, kw, stride, padding): rectangular kernels, sh != sw, every padding
 # form, N = 1, C = 1, odd sizes, 1x1 kernels, kernel == input size, huge strides.
+# float32 runs the implicit-GEMM kernels (tile edges: test_conv_implicit.py); the "direct" and
+# "im2col" notes below name the float64 paths.
 CONV_CASES = [
     (2, 3, 7, 6, 4, 3, 2, 1, 0),
     (1, 1, 5, 5, 1, 5, 5, 1, 0),            # kernel == input size

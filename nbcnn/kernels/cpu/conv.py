@@ -1,6 +1,10 @@
-"""Convolution (cross-correlation) on the CPU: chunked im2col + BLAS GEMM, or direct loops.
+"""Convolution (cross-correlation) on the CPU.
 
-Two algorithms, chosen per shape (measured on 2 cores, see shared notes):
+float32, the training dtype, always goes to :mod:`.conv_implicit`: implicit
+GEMM on nbcnn's own register-blocked micro-kernels, 3-4x faster than the
+im2col + OpenBLAS path below on every benchmark shape (RESULTS.md).
+
+float64 (gradient checks, references) keeps two algorithms, chosen per shape:
 
 * **im2col**, "flat" and in chunks of ``nb`` samples small enough that the
   column matrix stays bounded (64 MB; whole batch for small CNNs, so few
@@ -27,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import conv_implicit
 from .pad import pad2d
 from .scratch import scratch
 
@@ -339,6 +344,8 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
         ctx.clear()
         ctx["key"] = key
         ctx["x"] = x  # the backward reuses this work only for this very input
+    if x.dtype == np.float32:
+        return conv_implicit.forward(x, w, b, stride, pads, ctx)
     if use_direct(x.shape, w.shape, stride):
         bias = b if b is not None else np.zeros(K, dtype=x.dtype)
         xp = pad2d(x, pads) if any(pads) else x
@@ -386,6 +393,9 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     gy3 = gy.reshape(N, K, P)
     gb = np.empty(K, dtype=x.dtype)
     _bias_grad(gy3, gb)
+    if x.dtype == np.float32:
+        gx, gw = conv_implicit.backward(gy, x, w, stride, pads, need_gx, cached)
+        return gx, gw, gb
     wr = w.reshape(K, R)
     gx = np.empty(x.shape, dtype=x.dtype) if need_gx else None
     direct = use_direct(x.shape, w.shape, stride)

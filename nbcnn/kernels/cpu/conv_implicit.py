@@ -1,0 +1,320 @@
+"""float32 convolution by implicit GEMM on nbcnn's own micro-kernels (no column matrix).
+
+The input is zero-padded and split into its stride phases once, into a flat
+buffer with a little zero slack at the end. In that layout every row
+``(c, i, j)`` of the im2col matrix is the buffer shifted by one constant
+offset (output rows are computed at the phase-plane width ``Wq``; the
+``Wq - Wo`` junk columns are dropped), so the micro-kernels read the padded
+input directly through an offset table:
+
+* forward: per image, ``Y = W @ col`` with ``mk_outer`` tiles, then crop + bias;
+* weight gradient: ``gW = gY @ col^T`` as ``mk_dot`` tiles (dot products
+  along the output positions), one task per block of filters;
+* input gradient, stride 1: the forward kernel again, on the output gradient
+  embedded in a zero border with the flipped, transposed filters ("full"
+  correlation), cropped to the unpadded input;
+* input gradient, stride > 1: per image ``gcol = W^T @ gY`` with ``mk_outer``
+  into a per-thread buffer, then a gather into the phase planes.
+
+Every parallel loop writes disjoint outputs (one image, or one block of
+filters, per task) and each sum has a fixed order, so results are identical
+run to run and for any thread count. A NaN/inf in x can leak into weight
+gradients through 0 * NaN products in junk columns (as with im2col).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import config, get_thread_id, njit, prange
+
+from .microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer
+from .scratch import scratch
+
+
+def _up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@njit(parallel=True, cache=True)
+def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, xb):
+    """xb[((n*C + c)*S + a*sw + b)*Hq*Wq + u*Wq + v] = xpad[n, c, u*sh + a, v*sw + b] (0 outside x); slack zeroed."""
+    N, C, H, W = x.shape
+    S = sh * sw
+    plane = Hq * Wq
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        for a in range(sh):
+            for b in range(sw):
+                q = xb[((n * C + c) * S + a * sw + b) * plane:((n * C + c) * S + a * sw + b + 1) * plane]
+                for u in range(Hq):
+                    h = u * sh + a - pt
+                    dst = q[u * Wq:(u + 1) * Wq]
+                    if h < 0 or h >= H:
+                        for v in range(Wq):
+                            dst[v] = 0
+                        continue
+                    src = x[n, c, h]
+                    if sw == 1:
+                        for v in range(min(pl, Wq)):
+                            dst[v] = 0
+                        e = min(Wq, W + pl)
+                        for v in range(pl, e):
+                            dst[v] = src[v - pl]
+                        for v in range(max(e, pl), Wq):
+                            dst[v] = 0
+                    else:
+                        for v in range(Wq):
+                            wv = v * sw + b - pl
+                            dst[v] = src[wv] if 0 <= wv < W else 0
+    for i in range(N * C * S * plane, xb.shape[0]):
+        xb[i] = 0
+
+
+@njit(parallel=True, cache=True)
+def _forward(xb, img, offs, wp, R, bias, Kp, Ppad, Wq, ybuf, y):
+    """y[n, k] = crop(W @ col_n) + bias[k], one task per image."""
+    N, K, Ho, Wo = y.shape
+    nmb = Kp // MR
+    nj = Ppad // NR
+    for n in prange(N):
+        yb = ybuf[get_thread_id()]
+        for jb in range(nj):
+            for ib in range(nmb):
+                mk_outer(wp, ib * R * MR, xb, offs, n * img + jb * NR, R, yb, ib * MR * Ppad + jb * NR, Ppad)
+        for k in range(K):
+            bk = bias[k]
+            for oh in range(Ho):
+                src = yb[k * Ppad + oh * Wq:k * Ppad + oh * Wq + Wo]
+                dst = y[n, k, oh]
+                for ow in range(Wo):
+                    dst[ow] = src[ow] + bk
+
+
+@njit(parallel=True, cache=True)
+def _gy_flat(gy, Wq, Pv, Kl, gyb):
+    """gyb[k, n*Pv + oh*Wq + ow] = gy[n, k, oh, ow]; zero in the junk columns, the Pv padding and the slack."""
+    N, K, Ho, Wo = gy.shape
+    for k in prange(K):
+        row = gyb[k * Kl:(k + 1) * Kl]
+        for n in range(N):
+            seg = row[n * Pv:(n + 1) * Pv]
+            for oh in range(Ho):
+                src = gy[n, k, oh]
+                dst = seg[oh * Wq:(oh + 1) * Wq]
+                for ow in range(Wo):
+                    dst[ow] = src[ow]
+                for ow in range(Wo, Wq):
+                    dst[ow] = 0
+            for p in range(Ho * Wq, Pv):
+                seg[p] = 0
+        for p in range(N * Pv, Kl):
+            row[p] = 0
+
+
+@njit(parallel=True, cache=True)
+def _weight_grad(gyb, Kl, Pv, xb, img, boffs, N, group, gw2):
+    """gw2[k, r] = sum_n sum_p gyb[k, n*Pv + p] * xb[n*img + boffs[r] + p], one task per block of MD filters.
+
+    Images are taken in groups small enough to stay in cache; per pair the VL
+    lane sums are added in float64 in a fixed order.
+    """
+    K, R = gw2.shape
+    nkb = (K + MD - 1) // MD
+    njb = boffs.shape[0] // ND
+    L = Pv // VL
+    for kb in prange(nkb):
+        aoffs = np.empty(MD, dtype=np.int64)
+        for i in range(MD):
+            aoffs[i] = min(kb * MD + i, K - 1) * Kl
+        acc = np.zeros(njb * MD * ND * VL, dtype=np.float32)
+        for n0 in range(0, N, group):
+            ng = min(group, N - n0)
+            for jb in range(njb):
+                mk_dot(gyb, n0 * Pv, aoffs, Pv, xb, n0 * img, boffs[jb * ND:(jb + 1) * ND], img,
+                       ng, L, acc, jb * MD * ND * VL)
+        for i in range(MD):
+            k = kb * MD + i
+            if k >= K:
+                break
+            for r in range(R):
+                jb = r // ND
+                j = r - jb * ND
+                base = ((jb * MD + i) * ND + j) * VL
+                s = 0.0
+                for lane in range(VL):
+                    s += acc[base + lane]
+                gw2[k, r] = s
+
+
+@njit(parallel=True, cache=True)
+def _input_grad_s1(gy, wfp, Rf, offs, Cp, kh, kw, pt, pl, Hb, Wb, Pgpad, gbuf, obuf, gx):
+    """Stride 1: gx = crop(full correlation of gy with the flipped filters), one task per image."""
+    N, K, Ho, Wo = gy.shape
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    nmb = Cp // MR
+    nj = Pgpad // NR
+    p0 = pt * Wb
+    for n in prange(N):
+        tid = get_thread_id()
+        g = gbuf[tid]
+        ob = obuf[tid]
+        for i in range(g.shape[0]):
+            g[i] = 0
+        for k in range(K):
+            for oh in range(Ho):
+                src = gy[n, k, oh]
+                dst = g[(k * Hb + oh + kh - 1) * Wb + kw - 1:(k * Hb + oh + kh - 1) * Wb + kw - 1 + Wo]
+                for ow in range(Wo):
+                    dst[ow] = src[ow]
+        for jb in range(nj):
+            for ib in range(nmb):
+                mk_outer(wfp, ib * Rf * MR, g, offs, p0 + jb * NR, Rf, ob, ib * MR * Pgpad + jb * NR, Pgpad)
+        for c in range(C):
+            for h in range(H):
+                src = ob[c * Pgpad + h * Wb + pl:c * Pgpad + h * Wb + pl + W]
+                dst = gx[n, c, h]
+                for w in range(W):
+                    dst[w] = src[w]
+
+
+@njit(parallel=True, cache=True)
+def _input_grad_strided(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, Wo, pt, pl, Pr,
+                        cbuf, pbuf, gx):
+    """Stride > 1: per image gcol = W^T @ gY (mk_outer), then gather it into the phase planes and crop."""
+    N, C, H, W = gx.shape
+    nmb = Rp // MR
+    nj = Pr // NR
+    HW = Hq * Wq
+    L = (Ho - 1) * Wq + Wo
+    for n in prange(N):
+        tid = get_thread_id()
+        gc = cbuf[tid]
+        buf = pbuf[tid]
+        for jb in range(nj):
+            for ib in range(nmb):
+                mk_outer(wtp, ib * K * MR, gyb, offs, n * Pv + jb * NR, K, gc, ib * MR * Pr + jb * NR, Pr)
+        for c in range(C):
+            for i in range(buf.shape[0]):
+                buf[i] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    off = ((i % sh) * sw + j % sw) * HW + (i // sh) * Wq + j // sw
+                    src = gc[r * Pr:r * Pr + L]
+                    dst = buf[off:off + L]
+                    for q in range(L):
+                        dst[q] += src[q]
+            g = gx[n, c]
+            for h in range(H):
+                hp = h + pt
+                base = (hp % sh) * sw * HW + (hp // sh) * Wq
+                dst = g[h]
+                for w in range(W):
+                    wp = w + pl
+                    dst[w] = buf[base + (wp % sw) * HW + wp // sw]
+
+
+def _pack_rows(m2):
+    """(M, R) -> flat panels of MR rows, k-major inside a panel: out[(p*R + k)*MR + i] = m2[p*MR + i, k]."""
+    M, R = m2.shape
+    Mp = _up(M, MR)
+    out = np.zeros((Mp // MR, R, MR), dtype=np.float32)
+    padded = np.zeros((Mp, R), dtype=np.float32)
+    padded[:M] = m2
+    out[:] = padded.reshape(Mp // MR, MR, R).transpose(0, 2, 1)
+    return out.reshape(-1), Mp
+
+
+class Geometry:
+    """Sizes and offset tables of one (input shape, filter shape, stride, padding) case."""
+
+    def __init__(self, x_shape, w_shape, stride, pads):
+        N, C, H, W = x_shape
+        K, _, kh, kw = w_shape
+        sh, sw = stride
+        pt, pb, pl, pr = pads
+        self.N, self.C, self.H, self.W, self.K, self.kh, self.kw = N, C, H, W, K, kh, kw
+        self.sh, self.sw, self.pt, self.pl = sh, sw, pt, pl
+        self.Ho = (H + pt + pb - kh) // sh + 1
+        self.Wo = (W + pl + pr - kw) // sw + 1
+        self.Hq = -(-(H + pt + pb) // sh)
+        self.Wq = -(-(W + pl + pr) // sw)
+        S = sh * sw
+        plane = self.Hq * self.Wq
+        self.img = C * S * plane
+        self.R = C * kh * kw
+        c, i, j = np.meshgrid(np.arange(C), np.arange(kh), np.arange(kw), indexing="ij")
+        offs = ((c * S + (i % sh) * sw + j % sw) * plane + (i // sh) * self.Wq + j // sw).reshape(-1)
+        self.offs = offs.astype(np.int64)
+        self.Pc = self.Ho * self.Wq
+        self.Ppad = _up(self.Pc, NR)
+        self.Pv = _up(self.Pc, VL)
+        need = (N - 1) * self.img + self.Ppad + int(offs.max())
+        self.xb_len = max(N * self.img, need) + VL
+        self.boffs = np.concatenate([self.offs, np.full(_up(self.R, ND) - self.R, self.offs[-1])]).astype(np.int64)
+
+
+def _threads_buf(name, n):
+    """One row per Numba worker (indexed by get_thread_id() inside the parallel loops)."""
+    return scratch(name, (config.NUMBA_NUM_THREADS, n), np.float32)
+
+
+def forward(x, w, b, stride, pads, ctx=None):
+    g = Geometry(x.shape, w.shape, stride, pads)
+    xb = None
+    if ctx is not None:
+        xb = ctx.get("mk_xb")  # owned by the layer: the backward reads it again
+        if xb is None or xb.shape[0] != g.xb_len:
+            xb = np.empty(g.xb_len, dtype=np.float32)
+        ctx["mk_xb"] = xb
+    else:
+        xb = scratch("mk_xb", (g.xb_len,), np.float32)
+    _fill_phases(x, g.sh, g.sw, g.pt, g.pl, g.Hq, g.Wq, xb)
+    wp, Kp = _pack_rows(w.reshape(g.K, g.R))
+    bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
+    y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
+    ybuf = _threads_buf("mk_y", Kp * g.Ppad)
+    _forward(xb, g.img, g.offs, wp, g.R, bias, Kp, g.Ppad, g.Wq, ybuf, y)
+    return y
+
+
+def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
+    g = Geometry(x.shape, w.shape, stride, pads)
+    xb = ctx.get("mk_xb") if ctx is not None else None
+    if xb is None or xb.shape[0] != g.xb_len:
+        xb = scratch("mk_xb", (g.xb_len,), np.float32)
+        _fill_phases(x, g.sh, g.sw, g.pt, g.pl, g.Hq, g.Wq, xb)
+    gy = np.ascontiguousarray(gy)
+    K, N = g.K, g.N
+    Kl = N * g.Pv + 2 * NR
+    gyb = scratch("mk_gy", (K * Kl,), np.float32)
+    _gy_flat(gy, g.Wq, g.Pv, Kl, gyb)
+    per_image = (g.img + K * g.Pv) * 4
+    group = max(1, min(N, (384 << 10) // max(per_image, 1)))
+    gw2 = np.empty((K, g.R), dtype=np.float32)
+    _weight_grad(gyb, Kl, g.Pv, xb, g.img, g.boffs, N, group, gw2)
+    gw = gw2.reshape(w.shape)
+    if not need_gx:
+        return None, gw
+    gx = np.empty(x.shape, dtype=np.float32)
+    kh, kw = g.kh, g.kw
+    if (g.sh, g.sw) == (1, 1):
+        Hb, Wb = g.Ho + 2 * (kh - 1), g.Wo + 2 * (kw - 1)
+        wf = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(g.C, K * kh * kw)
+        wfp, Cp = _pack_rows(wf)
+        k, i, j = np.meshgrid(np.arange(K), np.arange(kh), np.arange(kw), indexing="ij")
+        offs = ((k * Hb + i) * Wb + j).reshape(-1).astype(np.int64)
+        Pgpad = _up(g.H * Wb, NR)
+        glen = max(K * Hb * Wb, g.pt * Wb + Pgpad + int(offs.max())) + VL
+        gbuf = _threads_buf("mk_gpad", glen)
+        obuf = _threads_buf("mk_gout", Cp * Pgpad)
+        _input_grad_s1(gy, wfp, K * kh * kw, offs, Cp, kh, kw, g.pt, g.pl, Hb, Wb, Pgpad, gbuf, obuf, gx)
+        return gx, gw
+    wtp, Rp = _pack_rows(np.ascontiguousarray(w.reshape(K, g.R).T))
+    offs = (np.arange(K) * Kl).astype(np.int64)
+    Pr = _up(g.Pv, NR)
+    cbuf = _threads_buf("mk_gcol", Rp * Pr)
+    pbuf = _threads_buf("mk_planes", g.sh * g.sw * g.Hq * g.Wq)
+    _input_grad_strided(gyb, Kl, g.Pv, wtp, K, Rp, offs, kh, kw, g.sh, g.sw, g.Hq, g.Wq, g.Ho, g.Wo,
+                        g.pt, g.pl, Pr, cbuf, pbuf, gx)
+    return gx, gw

@@ -1,0 +1,189 @@
+"""The float32 implicit-GEMM convolution and its micro-kernels, at every tile edge.
+
+The tile sizes (MR x NR outer-product tiles, MD x ND dot tiles, VL lanes)
+depend on the host CPU, so the shapes here are built from them: filters and
+channels one below, at and one above a tile multiple, output rows that end
+just before / after a tile boundary. The reference is the float64 loop
+reference; a subprocess repeats a few cases with the AVX2 tile shape.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit
+
+import _reference as ref
+from nbcnn import ops
+from nbcnn.kernels.cpu import conv_implicit
+from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer
+from nbcnn.kernels.geometry import resolve_padding
+
+
+@njit
+def _outer_tiles(A, B, offs, K, C, ldc, nj):
+    for jb in range(nj):
+        mk_outer(A, 0, B, offs, jb * NR, K, C, jb * NR, ldc)
+
+
+@njit
+def _dot_tile(A, aoffs, astride, B, boffs, bstride, nimg, L, O):
+    mk_dot(A, 0, aoffs, astride, B, 0, boffs, bstride, nimg, L, O, 0)
+
+
+def test_mk_outer_matches_numpy_with_scattered_rows():
+    rng = np.random.default_rng(0)
+    K, nj = 37, 3
+    B = rng.standard_normal(5000).astype(np.float32)
+    offs = rng.integers(0, 5000 - nj * NR, size=K).astype(np.int64)
+    A = rng.standard_normal((K, MR)).astype(np.float32)
+    C = np.full(MR * nj * NR + 5, np.nan, np.float32)          # the tile overwrites, never reads C
+    _outer_tiles(A.reshape(-1), B, offs, K, C, nj * NR, nj)
+    rows = np.stack([B[o:o + nj * NR] for o in offs]).astype(np.float64)   # (K, nj*NR)
+    expected = A.astype(np.float64).T @ rows
+    np.testing.assert_allclose(C[:MR * nj * NR].reshape(MR, nj * NR), expected, rtol=1e-5, atol=1e-5)
+    assert np.isnan(C[-5:]).all()                              # nothing written past the tile
+
+
+def test_mk_outer_with_zero_depth_writes_zeros():
+    C = np.full(MR * NR, 7.0, np.float32)
+    _outer_tiles(np.zeros(MR, np.float32), np.zeros(NR, np.float32), np.zeros(1, np.int64), 0, C, NR, 1)
+    np.testing.assert_array_equal(C, 0)
+
+
+def test_mk_dot_accumulates_segments_of_several_images():
+    rng = np.random.default_rng(1)
+    nimg, L = 3, 4
+    A = rng.standard_normal(2000).astype(np.float32)
+    B = rng.standard_normal(3000).astype(np.float32)
+    aoffs = rng.integers(0, 300, size=MD).astype(np.int64)
+    boffs = rng.integers(0, 500, size=ND).astype(np.int64)
+    astride, bstride = 411, 707
+    O = rng.standard_normal(MD * ND * VL).astype(np.float32)   # accumulated into, not overwritten
+    O0 = O.copy()
+    _dot_tile(A, aoffs, astride, B, boffs, bstride, nimg, L, O)
+    expected = O0.astype(np.float64).reshape(MD, ND, VL)
+    for n in range(nimg):
+        for i in range(MD):
+            for j in range(ND):
+                a = A[n * astride + aoffs[i]:][:L * VL].reshape(L, VL).astype(np.float64)
+                b = B[n * bstride + boffs[j]:][:L * VL].reshape(L, VL).astype(np.float64)
+                expected[i, j] += (a * b).sum(axis=0)
+    np.testing.assert_allclose(O.reshape(MD, ND, VL), expected, rtol=1e-5, atol=1e-5)
+
+
+# (N, C, H, W, K, kh, kw, stride, padding) built around the host's tile sizes.
+EDGE_CASES = [
+    (1, 1, 5, 5, 1, 3, 3, 1, 0),                    # one of everything
+    (2, 3, 9, 9, MR - 1, 3, 3, 1, 1),               # filters one short of a tile
+    (2, 2, 7, 8, MR + 1, 3, 3, 1, "same"),          # one filter into a second tile
+    (1, 4, 6, 6, 2 * MR, 1, 1, 1, 0),               # pointwise, exact tiles
+    (3, ND + 1, 5, 7, 3, 1, 1, 1, 0),               # weight-gradient columns one past a dot tile
+    (2, 1, NR // 4 + 1, 4, 2, 2, 2, 1, "full"),     # output rows straddling an NR tile
+    (2, 3, 11, NR + 3, 5, 3, 3, 1, 0),              # one output row longer than a tile
+    (2, 3, 10, 10, MR + 3, 10, 10, 1, 0),           # kernel == input: a single output pixel
+    (2, 2, 12, 11, 7, 3, 3, 2, 1),                  # stride 2: gcol path
+    (1, 3, 17, 15, 4, 5, 3, (3, 2), "same"),        # sh != sw with asymmetric 'same' pads
+    (2, 3, 23, 23, MR + 2, 11, 11, 4, 0),           # AlexNet-like
+    (1, 2, 6, 6, 3, 3, 3, 1, 4),                    # padding larger than the kernel
+]
+
+
+def _case(case, seed=0):
+    N, C, H, W, K, kh, kw, s, p = case
+    st = (s, s) if isinstance(s, int) else s
+    pads = resolve_padding(p, (kh, kw), st, (H, W))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    return x, w, b, st, pads
+
+
+@pytest.mark.parametrize("case", EDGE_CASES, ids=str)
+def test_float32_conv_at_tile_edges_vs_reference(case):
+    x, w, b, st, pads = _case(case)
+    ctx = {}
+    y = ops.conv2d(x, w, b, st, pads, ctx=ctx)
+    yr = ref.conv2d(x, w, b, st, pads)
+    scale = np.abs(yr).max()
+    np.testing.assert_allclose(y, yr, rtol=1e-5, atol=1e-5 * scale)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    gxr, gwr, gbr = ref.conv2d_backward(gy, x, w, st, pads)
+    for use_ctx in (True, False):
+        gx, gw, gb = ops.conv2d_backward(gy, x, w, st, pads, ctx=ctx if use_ctx else None)
+        np.testing.assert_allclose(gx, gxr, rtol=1e-5, atol=1e-5 * np.abs(gxr).max())
+        np.testing.assert_allclose(gw, gwr, rtol=1e-5, atol=1e-5 * np.abs(gwr).max())
+        np.testing.assert_allclose(gb, gbr, rtol=1e-5, atol=1e-5 * np.abs(gbr).max())
+    gx_none, gw2, _ = ops.conv2d_backward(gy, x, w, st, pads, need_gx=False)
+    assert gx_none is None
+    np.testing.assert_array_equal(gw2, gw)
+
+
+@pytest.mark.parametrize("case", [EDGE_CASES[2], EDGE_CASES[8], EDGE_CASES[9]], ids=str)
+def test_float32_gradients_by_finite_differences(case):
+    """Directional central differences of L = <gy, conv(x, w)>, evaluated in float64.
+
+    The op is linear in x and in w, so the difference quotient is exact up to
+    float32 rounding of the outputs.
+    """
+    x, w, b, st, pads = _case(case, seed=3)
+    rng = np.random.default_rng(4)
+    gy = rng.standard_normal(ops.conv2d(x, w, b, st, pads).shape)
+    gx, gw, gb = ops.conv2d_backward(gy.astype(np.float32), x, w, st, pads)
+
+    def loss(xx, ww, bb):
+        return float((ops.conv2d(xx, ww, bb, st, pads).astype(np.float64) * gy).sum())
+
+    eps = 0.5
+    for grad, which in ((gx, 0), (gw, 1), (gb, 2)):
+        d = rng.standard_normal(grad.shape).astype(np.float32)
+        args_p = [x, w, b]
+        args_m = [x, w, b]
+        args_p[which] = (args_p[which] + eps * d).astype(np.float32)
+        args_m[which] = (args_m[which] - eps * d).astype(np.float32)
+        fd = (loss(*args_p) - loss(*args_m)) / (2 * eps)
+        an = float((grad.astype(np.float64) * d).sum())
+        assert abs(fd - an) <= 1e-4 * (abs(an) + np.abs(gy).sum()), (which, fd, an)
+
+
+def test_geometry_slack_covers_every_read():
+    """The padded-input buffer is long enough for the last image's last tile (no out-of-bounds reads)."""
+    for case in EDGE_CASES:
+        x, w, b, st, pads = _case(case)
+        g = conv_implicit.Geometry(x.shape, w.shape, st, pads)
+        last_read = (g.N - 1) * g.img + g.Ppad - 1 + int(g.offs.max())
+        assert g.xb_len > last_read
+        assert g.xb_len > (g.N - 1) * g.img + int(g.boffs.max()) + g.Pv - 1
+
+
+def test_avx2_tile_shape_in_a_subprocess(tmp_path):
+    """The tile shape used on CPUs without AVX-512 (NUMBA_CPU_NAME set -> 8-lane vectors), on three cases."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numpy as np
+        import _reference as ref
+        from nbcnn import ops
+        from nbcnn.kernels.cpu import microkernel as m
+        assert (m.VL, m.AVX512) == (8, False), (m.VL, m.AVX512)
+        rng = np.random.default_rng(0)
+        for (N, C, H, W, K, k, s, p) in [(2, 3, 9, 8, 7, 3, 1, 1), (2, 5, 11, 10, 9, 3, 2, 1), (1, 1, 6, 6, 2, 5, 1, 2)]:
+            x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+            w = rng.standard_normal((K, C, k, k)).astype(np.float32)
+            y = ops.conv2d(x, w, None, s, p)
+            pads = (p,) * 4
+            np.testing.assert_allclose(y, ref.conv2d(x, w, None, (s, s), pads), rtol=1e-4, atol=1e-4)
+            gy = rng.standard_normal(y.shape).astype(np.float32)
+            for got, want in zip(ops.conv2d_backward(gy, x, w, s, p), ref.conv2d_backward(gy, x, w, (s, s), pads)):
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
