@@ -62,10 +62,15 @@ def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, xb):
                             dst[v] = src[v - pl]
                         for v in range(max(e, pl), Wq):
                             dst[v] = 0
-                    else:
-                        for v in range(Wq):
-                            wv = v * sw + b - pl
-                            dst[v] = src[wv] if 0 <= wv < W else 0
+                    else:  # columns v with 0 <= v*sw + b - pl < W, without a branch per element
+                        v0 = min(max(0, -((b - pl) // sw)), Wq)
+                        v1 = max(min(Wq, (W - 1 + pl - b) // sw + 1), v0)
+                        for v in range(v0):
+                            dst[v] = 0
+                        for v in range(v0, v1):
+                            dst[v] = src[v * sw + b - pl]
+                        for v in range(v1, Wq):
+                            dst[v] = 0
     for i in range(N * C * S * plane, xb.shape[0]):
         xb[i] = 0
 
@@ -147,13 +152,19 @@ def _weight_grad(gyb, Kl, Pv, xb, img, boffs, N, group, gw2):
 
 
 @njit(parallel=True, cache=True)
-def _input_grad_s1(gy, wfp, Rf, offs, Cp, kh, kw, pt, pl, Hb, Wb, Pgpad, gbuf, obuf, gx):
-    """Stride 1: gx = crop(full correlation of gy with the flipped filters), one task per image."""
+def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, Hb, Wb, kmh, kmw,
+                Pgpad, gbuf, obuf, gx):
+    """gx by phases: each phase (a, b) of the padded input is a stride-1 "full" correlation of gy
+    with the sub-filter w[:, :, a::sh, b::sw] flipped; one task per image.
+
+    gy is embedded once per image in a zero border of kmh-1 rows / kmw-1 columns
+    (kmh = ceil(kh/sh), the tallest sub-filter), then every phase runs mk_outer
+    tiles over its rows u0[ph]..u1[ph] (those that land inside x) and is
+    scattered into gx. Stride 1 is the single phase (0, 0) with the whole filter.
+    """
     N, K, Ho, Wo = gy.shape
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     nmb = Cp // MR
-    nj = Pgpad // NR
-    p0 = pt * Wb
     for n in prange(N):
         tid = get_thread_id()
         g = gbuf[tid]
@@ -163,24 +174,38 @@ def _input_grad_s1(gy, wfp, Rf, offs, Cp, kh, kw, pt, pl, Hb, Wb, Pgpad, gbuf, o
         for k in range(K):
             for oh in range(Ho):
                 src = gy[n, k, oh]
-                dst = g[(k * Hb + oh + kh - 1) * Wb + kw - 1:(k * Hb + oh + kh - 1) * Wb + kw - 1 + Wo]
+                o = (k * Hb + oh + kmh - 1) * Wb + kmw - 1
+                dst = g[o:o + Wo]
                 for ow in range(Wo):
                     dst[ow] = src[ow]
-        for jb in range(nj):
-            for ib in range(nmb):
-                mk_outer(wfp, ib * Rf * MR, g, offs, p0 + jb * NR, Rf, ob, ib * MR * Pgpad + jb * NR, Pgpad)
-        for c in range(C):
-            for h in range(H):
-                src = ob[c * Pgpad + h * Wb + pl:c * Pgpad + h * Wb + pl + W]
-                dst = gx[n, c, h]
-                for w in range(W):
-                    dst[w] = src[w]
+        for ph in range(sh * sw):
+            a = ph // sw
+            b = ph - a * sw
+            if u1[ph] <= u0[ph]:
+                continue
+            p0 = u0[ph] * Wb
+            nj = ((u1[ph] - u0[ph]) * Wb + NR - 1) // NR
+            for jb in range(nj):
+                for ib in range(nmb):
+                    mk_outer(wfp, wstart[ph] + ib * Rf[ph] * MR, g, offs[ostart[ph]:], p0 + jb * NR, Rf[ph],
+                             ob, ib * MR * Pgpad + jb * NR, Pgpad)
+            # phase row u, column v -> padded (u*sh + a, v*sw + b) -> x (.. - pt, .. - pl)
+            v0 = max(0, -((b - pl) // sw))
+            v1 = min((W - 1 + pl - b) // sw + 1, Wb)
+            for c in range(C):
+                for u in range(u0[ph], u1[ph]):
+                    h = u * sh + a - pt
+                    src = ob[c * Pgpad + (u - u0[ph]) * Wb:c * Pgpad + (u - u0[ph] + 1) * Wb]
+                    dst = gx[n, c, h]
+                    for v in range(v0, v1):
+                        dst[v * sw + b - pl] = src[v]
 
 
 @njit(parallel=True, cache=True)
-def _input_grad_strided(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, Wo, pt, pl, Pr,
+def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, Wo, pt, pl, Pr,
                         cbuf, pbuf, gx):
-    """Stride > 1: per image gcol = W^T @ gY (mk_outer), then gather it into the phase planes and crop."""
+    """Few input channels: per image gcol = W^T @ gY (mk_outer, M = C*kh*kw fills the tiles), then a
+    gather into the phase planes, cropped into gx. One task per image."""
     N, C, H, W = gx.shape
     nmb = Rp // MR
     nj = Pr // NR
@@ -204,14 +229,16 @@ def _input_grad_strided(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, H
                     dst = buf[off:off + L]
                     for q in range(L):
                         dst[q] += src[q]
-            g = gx[n, c]
             for h in range(H):
                 hp = h + pt
-                base = (hp % sh) * sw * HW + (hp // sh) * Wq
-                dst = g[h]
-                for w in range(W):
-                    wp = w + pl
-                    dst[w] = buf[base + (wp % sw) * HW + wp // sw]
+                a = hp % sh
+                dst = gx[n, c, h]
+                for b in range(sw):
+                    src = buf[(a * sw + b) * HW + (hp // sh) * Wq:(a * sw + b) * HW + (hp // sh + 1) * Wq]
+                    v0 = min(max(0, -((b - pl) // sw)), Wq)
+                    v1 = max(min(Wq, (W - 1 + pl - b) // sw + 1), v0)
+                    for v in range(v0, v1):
+                        dst[v * sw + b - pl] = src[v]
 
 
 def _pack_rows(m2):
@@ -286,7 +313,7 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
         _fill_phases(x, g.sh, g.sw, g.pt, g.pl, g.Hq, g.Wq, xb)
     gy = np.ascontiguousarray(gy)
     K, N = g.K, g.N
-    Kl = N * g.Pv + 2 * NR
+    Kl = N * g.Pv + NR  # slack: the gcol tiles of the last image read up to NR columns past it
     gyb = scratch("mk_gy", (K * Kl,), np.float32)
     _gy_flat(gy, g.Wq, g.Pv, Kl, gyb)
     per_image = (g.img + K * g.Pv) * 4
@@ -297,24 +324,45 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     if not need_gx:
         return None, gw
     gx = np.empty(x.shape, dtype=np.float32)
-    kh, kw = g.kh, g.kw
-    if (g.sh, g.sw) == (1, 1):
-        Hb, Wb = g.Ho + 2 * (kh - 1), g.Wo + 2 * (kw - 1)
-        wf = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(g.C, K * kh * kw)
-        wfp, Cp = _pack_rows(wf)
-        k, i, j = np.meshgrid(np.arange(K), np.arange(kh), np.arange(kw), indexing="ij")
-        offs = ((k * Hb + i) * Wb + j).reshape(-1).astype(np.int64)
-        Pgpad = _up(g.H * Wb, NR)
-        glen = max(K * Hb * Wb, g.pt * Wb + Pgpad + int(offs.max())) + VL
-        gbuf = _threads_buf("mk_gpad", glen)
-        obuf = _threads_buf("mk_gout", Cp * Pgpad)
-        _input_grad_s1(gy, wfp, K * kh * kw, offs, Cp, kh, kw, g.pt, g.pl, Hb, Wb, Pgpad, gbuf, obuf, gx)
-        return gx, gw
-    wtp, Rp = _pack_rows(np.ascontiguousarray(w.reshape(K, g.R).T))
-    offs = (np.arange(K) * Kl).astype(np.int64)
-    Pr = _up(g.Pv, NR)
-    cbuf = _threads_buf("mk_gcol", Rp * Pr)
-    pbuf = _threads_buf("mk_planes", g.sh * g.sw * g.Hq * g.Wq)
-    _input_grad_strided(gyb, Kl, g.Pv, wtp, K, Rp, offs, kh, kw, g.sh, g.sw, g.Hq, g.Wq, g.Ho, g.Wo,
-                        g.pt, g.pl, Pr, cbuf, pbuf, gx)
+    if g.C < MR:  # the phase kernels' tiles would be mostly empty rows: go through gcol
+        wtp, Rp = _pack_rows(np.ascontiguousarray(w.reshape(K, g.R).T))
+        offs = (np.arange(K) * Kl).astype(np.int64)
+        Pr = _up(g.Pv, NR)
+        cbuf = _threads_buf("mk_gcol", Rp * Pr)
+        pbuf = _threads_buf("mk_planes", g.sh * g.sw * g.Hq * g.Wq)
+        _input_grad_gcol(gyb, Kl, g.Pv, wtp, K, Rp, offs, g.kh, g.kw, g.sh, g.sw, g.Hq, g.Wq, g.Ho, g.Wo,
+                         g.pt, g.pl, Pr, cbuf, pbuf, gx)
+    else:
+        _input_grad(gy, *_input_grad_plan(w, g), gx)
     return gx, gw
+
+
+def _input_grad_plan(w, g):
+    """Packed flipped sub-filters, offset tables, row ranges and buffers of every stride phase."""
+    K, C, kh, kw, sh, sw = g.K, g.C, g.kh, g.kw, g.sh, g.sw
+    kmh, kmw = -(-kh // sh), -(-kw // sw)
+    Hb = max(g.Ho + 2 * (kmh - 1), g.Hq + kmh - 1)
+    Wb = max(g.Wo + 2 * (kmw - 1), g.Wq + kmw - 1)
+    packs, tabs, Rf, u0, u1 = [], [], [], [], []
+    for a in range(sh):
+        for b in range(sw):
+            sub = w[:, :, a::sh, b::sw]                       # (K, C, kha, kwb), possibly empty
+            kha, kwb = sub.shape[2], sub.shape[3]
+            wf = sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, K * kha * kwb)
+            packed, Cp = _pack_rows(wf)
+            k, i, j = np.meshgrid(np.arange(K), np.arange(kha), np.arange(kwb), indexing="ij")
+            tabs.append(((k * Hb + i + kmh - kha) * Wb + j + kmw - kwb).reshape(-1))
+            packs.append(packed)
+            Rf.append(K * kha * kwb)
+            u0.append(max(0, -((a - g.pt) // sh)))           # first u with u*sh + a - pt >= 0
+            u1.append(min(g.Hq, (g.H - 1 + g.pt - a) // sh + 1))
+    wstart = np.cumsum([0] + [p.size for p in packs[:-1]]).astype(np.int64)
+    ostart = np.cumsum([0] + [t.size for t in tabs[:-1]]).astype(np.int64)
+    offs = np.concatenate(tabs + [np.zeros(1, np.int64)]).astype(np.int64)
+    rows = max(1, max(hi - lo for lo, hi in zip(u0, u1)))
+    Pgpad = _up(rows * Wb, NR)
+    glen = max(K * Hb * Wb, max(lo for lo in u0) * Wb + Pgpad + int(offs.max())) + VL
+    gbuf = _threads_buf("mk_gpad", glen)
+    obuf = _threads_buf("mk_gout", Cp * Pgpad)
+    return (np.concatenate(packs), wstart, offs, ostart, np.array(Rf, np.int64), np.array(u0, np.int64),
+            np.array(u1, np.int64), Cp, sh, sw, g.pt, g.pl, Hb, Wb, kmh, kmw, Pgpad, gbuf, obuf)
