@@ -73,6 +73,23 @@ def _fwd_block(x, out, lo, hi, code):
 
 
 @njit(inline="always")
+def _fwd_block_inplace(a, lo, hi, code):
+    """_fwd_block with out = x. A separate body because with two array arguments that alias,
+    LLVM's run-time overlap check fails and the loop runs scalar (measured: tanh 8x slower)."""
+    if code == 1:
+        for i in range(lo, hi):
+            v = a[i]
+            a[i] = v if v > 0 else np.float32(0)
+    elif code == 2:
+        for i in range(lo, hi):
+            a[i] = _tanh(a[i])
+    elif code == 3:
+        half = np.float32(0.5)
+        for i in range(lo, hi):
+            a[i] = half * _tanh(half * a[i]) + half
+
+
+@njit(inline="always")
 def _bwd_block(gy, y, out, lo, hi, code):
     one = np.float32(1)
     if code == 1:
@@ -101,14 +118,18 @@ def act_forward(x, b, out, code):
     every element-wise activation (a conv output is viewed as ``(N, K*H*W)``)."""
     R, M = x.shape
     has_bias = b.shape[0] > 0
+    inplace = x.ctypes.data == out.ctypes.data
     for r in prange(R):
-        src = x[r]
         orow = out[r]
         if has_bias:
+            src = x[r]
             for j in range(M):
                 orow[j] = src[j] + b[j]
-            src = orow
-        _fwd_block(src, orow, 0, M, code)
+            _fwd_block_inplace(orow, 0, M, code)
+        elif inplace:
+            _fwd_block_inplace(orow, 0, M, code)
+        else:
+            _fwd_block(x[r], orow, 0, M, code)
 
 
 @njit(parallel=True, cache=True)
