@@ -63,6 +63,8 @@ def render_environment(rep: dict) -> str:
             ("numba / llvmlite", f"{e.get('numba')} / {e.get('llvmlite')}"),
             ("numba threading layer / threads", f"{e.get('numba_threading_layer')} / {e.get('numba_num_threads')}"),
             ("nbcnn BLAS policy", e.get("blas_policy"))]
+    if e.get("malloc_policy"):
+        rows.append(("nbcnn malloc policy", e["malloc_policy"]))
     if e.get("env_vars") is not None:
         rows.append(("environment variables", ", ".join(f"`{k}={v}`" for k, v in sorted(e["env_vars"].items()))
                      or "none of OPENBLAS_*, OMP_*, MKL_*, NUMBA_*, NBCNN_*"))

@@ -87,6 +87,15 @@ def _blas_policy() -> str:
         return f"unknown ({exc})"
 
 
+def _malloc_policy() -> str:
+    try:
+        from nbcnn import _memory
+
+        return _memory.malloc_policy()
+    except Exception as exc:
+        return f"unknown ({exc})"
+
+
 def _data_sets() -> dict:
     """Where each data set would be loaded from now (no download attempted)."""
     out = {}
@@ -166,6 +175,7 @@ def collect() -> dict:
         "threading_layer": _threading_layer(),
         "blas": _blas(),
         "blas_policy": _blas_policy(),
+        "malloc_policy": _malloc_policy(),
         "gpu_usable": ok,
         "gpu_reason": why,
         "gpus": gpu.get("gpus", []),
@@ -205,6 +215,7 @@ def info(as_json):
         ("threading layer", facts["threading_layer"]),
         ("BLAS", "; ".join(facts["blas"])),
         ("BLAS policy", facts["blas_policy"]),
+        ("malloc policy", facts["malloc_policy"]),
         ("GPU usable", f"{gpu} ({facts['gpu_reason']})"),
         *[(f"  cuda:{g['index']}", f"{g['name']} (compute capability {g['cc']}, {g['memory_gib']} GiB)")
           for g in facts["gpus"]],

@@ -7,9 +7,10 @@ first use.
 """
 from __future__ import annotations
 
-from . import _threads
+from . import _memory, _threads
 
 _threads.configure_before_numpy()  # must run before numpy is imported
+_memory.tune_malloc()
 
 import importlib  # noqa: E402
 

@@ -1079,13 +1079,13 @@ def environment(device: str = "cpu", torch_imported: bool = False) -> dict:
     import numpy
 
     import nbcnn
-    from . import _threads
+    from . import _memory, _threads
 
     env = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
            "platform": platform.platform(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
            "nbcnn": nbcnn.__version__, "numpy": numpy.__version__, "numba": numba.__version__,
            "numba_num_threads": numba.get_num_threads(), "blas_policy": _threads.blas_policy(),
-           "loadavg": _loadavg(), "device": device,
+           "malloc_policy": _memory.malloc_policy(), "loadavg": _loadavg(), "device": device,
            # thread/BLAS steering variables as this process saw them (a machine image may pin them)
            "env_vars": {k: v for k, v in os.environ.items()
                         if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_", "NBCNN_", "GOMP_"))}}
