@@ -281,13 +281,27 @@ class Geometry:
         self.boffs = np.concatenate([self.offs, np.full(_up(self.R, ND) - self.R, self.offs[-1])]).astype(np.int64)
 
 
+_GEOMETRIES: dict = {}
+
+
+def geometry(x_shape, w_shape, stride, pads) -> Geometry:
+    """Cached Geometry (a layer sees the same shapes every step; building one costs ~15 us)."""
+    key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(pads))
+    g = _GEOMETRIES.get(key)
+    if g is None:
+        if len(_GEOMETRIES) > 256:
+            _GEOMETRIES.clear()
+        g = _GEOMETRIES[key] = Geometry(*key)
+    return g
+
+
 def _threads_buf(name, n):
     """One row per Numba worker (indexed by get_thread_id() inside the parallel loops)."""
     return scratch(name, (config.NUMBA_NUM_THREADS, n), np.float32)
 
 
 def forward(x, w, b, stride, pads, ctx=None):
-    g = Geometry(x.shape, w.shape, stride, pads)
+    g = geometry(x.shape, w.shape, stride, pads)
     xb = None
     if ctx is not None:
         xb = ctx.get("mk_xb")  # owned by the layer: the backward reads it again
@@ -306,7 +320,7 @@ def forward(x, w, b, stride, pads, ctx=None):
 
 
 def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
-    g = Geometry(x.shape, w.shape, stride, pads)
+    g = geometry(x.shape, w.shape, stride, pads)
     xb = ctx.get("mk_xb") if ctx is not None else None
     if xb is None or xb.shape[0] != g.xb_len:
         xb = scratch("mk_xb", (g.xb_len,), np.float32)
