@@ -197,8 +197,13 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
                     h = u * sh + a - pt
                     src = ob[c * Pgpad + (u - u0[ph]) * Wb:c * Pgpad + (u - u0[ph] + 1) * Wb]
                     dst = gx[n, c, h]
-                    for v in range(v0, v1):
-                        dst[v * sw + b - pl] = src[v]
+                    if sw == 1:  # contiguous: a copy LLVM vectorises (a run-time stride would not)
+                        row = src[pl:pl + W]
+                        for w in range(W):
+                            dst[w] = row[w]
+                    else:
+                        for v in range(v0, v1):
+                            dst[v * sw + b - pl] = src[v]
 
 
 @njit(parallel=True, cache=True)

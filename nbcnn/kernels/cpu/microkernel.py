@@ -45,7 +45,7 @@ VL = 16 if AVX512 else 8          # floats per vector register
 MR = 8 if AVX512 else 6           # rows of the outer-product tile
 NV = 3 if AVX512 else 2           # vectors per row of that tile
 NR = NV * VL                      # columns of that tile
-MD = 4 if AVX512 else 3           # mk_dot: A rows per tile
+MD = 4 if AVX512 else 3           # mk_dot: A rows per tile (4x6 measured best of 7 shapes)
 ND = 6 if AVX512 else 4           # mk_dot: B rows per tile
 
 _I64 = ir.IntType(64)
