@@ -391,11 +391,10 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     key = (x.shape, w.shape, stride, pads)
     cached = ctx if (ctx is not None and ctx.get("key") == key and ctx.get("x") is x) else {}
     gy3 = gy.reshape(N, K, P)
+    if x.dtype == np.float32:  # the bias gradient is fused into its gradient re-layout pass
+        return conv_implicit.backward(gy, x, w, stride, pads, need_gx, cached)
     gb = np.empty(K, dtype=x.dtype)
     _bias_grad(gy3, gb)
-    if x.dtype == np.float32:
-        gx, gw = conv_implicit.backward(gy, x, w, stride, pads, need_gx, cached)
-        return gx, gw, gb
     wr = w.reshape(K, R)
     gx = np.empty(x.shape, dtype=x.dtype) if need_gx else None
     direct = use_direct(x.shape, w.shape, stride)

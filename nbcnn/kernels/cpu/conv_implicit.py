@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import config, get_thread_id, njit, prange
 
-from .microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer
+from .microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vzero
 from .scratch import scratch
 
 
@@ -40,39 +40,33 @@ def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, xb):
     N, C, H, W = x.shape
     S = sh * sw
     plane = Hq * Wq
+    xf = x.reshape(N * C * H * W)
+    zero = np.float32(0)
     for t in prange(N * C):
         n = t // C
         c = t - n * C
         for a in range(sh):
             for b in range(sw):
-                q = xb[((n * C + c) * S + a * sw + b) * plane:((n * C + c) * S + a * sw + b + 1) * plane]
+                q0 = ((n * C + c) * S + a * sw + b) * plane
+                # columns v with 0 <= v*sw + b - pl < W
+                v0 = min(max(0, -((b - pl) // sw)), Wq)
+                v1 = max(min(Wq, (W - 1 + pl - b) // sw + 1), v0)
                 for u in range(Hq):
                     h = u * sh + a - pt
-                    dst = q[u * Wq:(u + 1) * Wq]
+                    d0 = q0 + u * Wq
                     if h < 0 or h >= H:
-                        for v in range(Wq):
-                            dst[v] = 0
+                        vzero(xb, d0, Wq)
                         continue
-                    src = x[n, c, h]
+                    s0 = (t * H + h) * W
+                    vzero(xb, d0, v0)
                     if sw == 1:
-                        for v in range(min(pl, Wq)):
-                            dst[v] = 0
-                        e = min(Wq, W + pl)
-                        for v in range(pl, e):
-                            dst[v] = src[v - pl]
-                        for v in range(max(e, pl), Wq):
-                            dst[v] = 0
-                    else:  # columns v with 0 <= v*sw + b - pl < W, without a branch per element
-                        v0 = min(max(0, -((b - pl) // sw)), Wq)
-                        v1 = max(min(Wq, (W - 1 + pl - b) // sw + 1), v0)
-                        for v in range(v0):
-                            dst[v] = 0
+                        vcopy(xb, d0 + v0, xf, s0 + v0 - pl, v1 - v0, zero)
+                    else:
                         for v in range(v0, v1):
-                            dst[v] = src[v * sw + b - pl]
-                        for v in range(v1, Wq):
-                            dst[v] = 0
-    for i in range(N * C * S * plane, xb.shape[0]):
-        xb[i] = 0
+                            xb[d0 + v] = xf[s0 + v * sw + b - pl]
+                    vzero(xb, d0 + v1, Wq - v1)
+    n0 = N * C * S * plane
+    vzero(xb, n0, xb.shape[0] - n0)
 
 
 @njit(parallel=True, cache=True)
@@ -81,39 +75,40 @@ def _forward(xb, img, offs, wp, R, bias, Kp, Ppad, Wq, ybuf, y):
     N, K, Ho, Wo = y.shape
     nmb = Kp // MR
     nj = Ppad // NR
+    yf = y.reshape(N * K * Ho * Wo)
     for n in prange(N):
         yb = ybuf[get_thread_id()]
         for jb in range(nj):
             for ib in range(nmb):
                 mk_outer(wp, ib * R * MR, xb, offs, n * img + jb * NR, R, yb, ib * MR * Ppad + jb * NR, Ppad)
         for k in range(K):
-            bk = bias[k]
             for oh in range(Ho):
-                src = yb[k * Ppad + oh * Wq:k * Ppad + oh * Wq + Wo]
-                dst = y[n, k, oh]
-                for ow in range(Wo):
-                    dst[ow] = src[ow] + bk
+                vcopy(yf, ((n * K + k) * Ho + oh) * Wo, yb, k * Ppad + oh * Wq, Wo, bias[k])
 
 
-@njit(parallel=True, cache=True)
-def _gy_flat(gy, Wq, Pv, Kl, gyb):
-    """gyb[k, n*Pv + oh*Wq + ow] = gy[n, k, oh, ow]; zero in the junk columns, the Pv padding and the slack."""
+@njit(parallel=True, cache=True, fastmath=True)
+def _gy_flat(gy, Wq, Pv, Kl, gyb, gb):
+    """gyb[k, n*Pv + oh*Wq + ow] = gy[n, k, oh, ow]; zero in the junk columns, the Pv padding and the slack.
+
+    Also the bias gradient gb[k] = sum of gy[:, k] (float64 accumulation over the
+    freshly written, cache-hot row; fastmath only lets that sum vectorise, in a
+    fixed order: one task per k).
+    """
     N, K, Ho, Wo = gy.shape
+    gf = gy.reshape(N * K * Ho * Wo)
+    zero = np.float32(0)
     for k in prange(K):
-        row = gyb[k * Kl:(k + 1) * Kl]
         for n in range(N):
-            seg = row[n * Pv:(n + 1) * Pv]
+            s0 = k * Kl + n * Pv
             for oh in range(Ho):
-                src = gy[n, k, oh]
-                dst = seg[oh * Wq:(oh + 1) * Wq]
-                for ow in range(Wo):
-                    dst[ow] = src[ow]
-                for ow in range(Wo, Wq):
-                    dst[ow] = 0
-            for p in range(Ho * Wq, Pv):
-                seg[p] = 0
-        for p in range(N * Pv, Kl):
-            row[p] = 0
+                vcopy(gyb, s0 + oh * Wq, gf, ((n * K + k) * Ho + oh) * Wo, Wo, zero)
+                vzero(gyb, s0 + oh * Wq + Wo, Wq - Wo)
+            vzero(gyb, s0 + Ho * Wq, Pv - Ho * Wq)
+        vzero(gyb, k * Kl + N * Pv, Kl - N * Pv)
+        acc = 0.0
+        for i in range(k * Kl, k * Kl + N * Pv):
+            acc += gyb[i]
+        gb[k] = acc
 
 
 @njit(parallel=True, cache=True)
@@ -165,19 +160,17 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
     N, K, Ho, Wo = gy.shape
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     nmb = Cp // MR
+    gf = gy.reshape(N * K * Ho * Wo)
+    gxf = gx.reshape(N * C * H * W)
+    zero = np.float32(0)
     for n in prange(N):
         tid = get_thread_id()
         g = gbuf[tid]
         ob = obuf[tid]
-        for i in range(g.shape[0]):
-            g[i] = 0
+        vzero(g, 0, g.shape[0])
         for k in range(K):
             for oh in range(Ho):
-                src = gy[n, k, oh]
-                o = (k * Hb + oh + kmh - 1) * Wb + kmw - 1
-                dst = g[o:o + Wo]
-                for ow in range(Wo):
-                    dst[ow] = src[ow]
+                vcopy(g, (k * Hb + oh + kmh - 1) * Wb + kmw - 1, gf, ((n * K + k) * Ho + oh) * Wo, Wo, zero)
         for ph in range(sh * sw):
             a = ph // sw
             b = ph - a * sw
@@ -195,15 +188,13 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
             for c in range(C):
                 for u in range(u0[ph], u1[ph]):
                     h = u * sh + a - pt
-                    src = ob[c * Pgpad + (u - u0[ph]) * Wb:c * Pgpad + (u - u0[ph] + 1) * Wb]
-                    dst = gx[n, c, h]
-                    if sw == 1:  # contiguous: a copy LLVM vectorises (a run-time stride would not)
-                        row = src[pl:pl + W]
-                        for w in range(W):
-                            dst[w] = row[w]
+                    o = c * Pgpad + (u - u0[ph]) * Wb
+                    d0 = ((n * C + c) * H + h) * W
+                    if sw == 1:  # contiguous: one vector copy (a run-time-stride loop runs scalar)
+                        vcopy(gxf, d0, ob, o + pl, W, zero)
                     else:
                         for v in range(v0, v1):
-                            dst[v * sw + b - pl] = src[v]
+                            gxf[d0 + v * sw + b - pl] = ob[o + v]
 
 
 @njit(parallel=True, cache=True)
@@ -216,6 +207,8 @@ def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, 
     nj = Pr // NR
     HW = Hq * Wq
     L = (Ho - 1) * Wq + Wo
+    gxf = gx.reshape(N * C * H * W)
+    zero = np.float32(0)
     for n in prange(N):
         tid = get_thread_id()
         gc = cbuf[tid]
@@ -224,26 +217,24 @@ def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, 
             for ib in range(nmb):
                 mk_outer(wtp, ib * K * MR, gyb, offs, n * Pv + jb * NR, K, gc, ib * MR * Pr + jb * NR, Pr)
         for c in range(C):
-            for i in range(buf.shape[0]):
-                buf[i] = 0
+            vzero(buf, 0, buf.shape[0])
             for i in range(kh):
                 for j in range(kw):
                     r = (c * kh + i) * kw + j
-                    off = ((i % sh) * sw + j % sw) * HW + (i // sh) * Wq + j // sw
-                    src = gc[r * Pr:r * Pr + L]
-                    dst = buf[off:off + L]
-                    for q in range(L):
-                        dst[q] += src[q]
+                    vadd(buf, ((i % sh) * sw + j % sw) * HW + (i // sh) * Wq + j // sw, gc, r * Pr, L)
             for h in range(H):
                 hp = h + pt
                 a = hp % sh
-                dst = gx[n, c, h]
+                d0 = ((n * C + c) * H + h) * W
+                if sw == 1:
+                    vcopy(gxf, d0, buf, a * HW + (hp // sh) * Wq + pl, W, zero)
+                    continue
                 for b in range(sw):
-                    src = buf[(a * sw + b) * HW + (hp // sh) * Wq:(a * sw + b) * HW + (hp // sh + 1) * Wq]
+                    s0 = (a * sw + b) * HW + (hp // sh) * Wq
                     v0 = min(max(0, -((b - pl) // sw)), Wq)
                     v1 = max(min(Wq, (W - 1 + pl - b) // sw + 1), v0)
                     for v in range(v0, v1):
-                        dst[v * sw + b - pl] = src[v]
+                        gxf[d0 + v * sw + b - pl] = buf[s0 + v]
 
 
 def _pack_rows(m2):
@@ -325,6 +316,7 @@ def forward(x, w, b, stride, pads, ctx=None):
 
 
 def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
+    """(gx or None, gw, gb) in float32."""
     g = geometry(x.shape, w.shape, stride, pads)
     xb = ctx.get("mk_xb") if ctx is not None else None
     if xb is None or xb.shape[0] != g.xb_len:
@@ -334,14 +326,15 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     K, N = g.K, g.N
     Kl = N * g.Pv + NR  # slack: the gcol tiles of the last image read up to NR columns past it
     gyb = scratch("mk_gy", (K * Kl,), np.float32)
-    _gy_flat(gy, g.Wq, g.Pv, Kl, gyb)
+    gb = np.empty(K, dtype=np.float32)
+    _gy_flat(gy, g.Wq, g.Pv, Kl, gyb, gb)
     per_image = (g.img + K * g.Pv) * 4
     group = max(1, min(N, (384 << 10) // max(per_image, 1)))
     gw2 = np.empty((K, g.R), dtype=np.float32)
     _weight_grad(gyb, Kl, g.Pv, xb, g.img, g.boffs, N, group, gw2)
     gw = gw2.reshape(w.shape)
     if not need_gx:
-        return None, gw
+        return None, gw, gb
     gx = np.empty(x.shape, dtype=np.float32)
     if g.C < MR:  # the phase kernels' tiles would be mostly empty rows: go through gcol
         wtp, Rp = _pack_rows(np.ascontiguousarray(w.reshape(K, g.R).T))
@@ -353,7 +346,7 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
                          g.pt, g.pl, Pr, cbuf, pbuf, gx)
     else:
         _input_grad(gy, *_input_grad_plan(w, g), gx)
-    return gx, gw
+    return gx, gw, gb
 
 
 def _input_grad_plan(w, g):

@@ -226,3 +226,124 @@ def mk_dot(typingctx, A, a0, aoffs, astride, B, b0, boffs, bstride, nimg, L, O, 
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# ----------------------------------------------------------------------------------------
+# Row helpers: full vectors plus ONE masked vector for the tail. LLVM's own loops run the
+# tail (and any row shorter than its 64-float unrolled step: e.g. 10, 14, 28, 136) scalar.
+# ----------------------------------------------------------------------------------------
+
+def _row_op(builder, n_, ptrs, body):
+    """Run body(builder, vector_ptrs, mask_or_None, masked_load, masked_store) over n_ floats."""
+    vt = ir.VectorType(_F32, VL)
+    mt = ir.VectorType(ir.IntType(1), VL)
+    i32 = ir.IntType(32)
+    mload = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, mt, vt]), "llvm.masked.load.v%df32.p0" % VL)
+    mstore = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]), "llvm.masked.store.v%df32.p0" % VL)
+    nfull = builder.sdiv(n_, _c(VL))
+    entry = builder.block
+    loop = builder.append_basic_block("row_loop")
+    tail = builder.append_basic_block("row_tail")
+    done = builder.append_basic_block("row_done")
+    builder.cbranch(builder.icmp_signed(">", nfull, _c(0)), loop, tail)
+
+    def vptrs(off):
+        return [builder.bitcast(builder.gep(p, [off]), vt.as_pointer()) for p in ptrs]
+
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    i.add_incoming(_c(0), entry)
+    body(vptrs(builder.mul(i, _c(VL))), None)
+    i1 = builder.add(i, _c(1))
+    i.add_incoming(i1, builder.block)
+    builder.cbranch(builder.icmp_signed("<", i1, nfull), loop, tail)
+
+    builder.position_at_end(tail)
+    base = builder.mul(nfull, _c(VL))
+    rem = builder.sub(n_, base)
+    it = ir.VectorType(_I64, VL)
+    remv = builder.insert_element(ir.Constant(it, ir.Undefined), rem, ir.Constant(i32, 0))
+    remv = builder.shuffle_vector(remv, ir.Constant(it, ir.Undefined), ir.Constant(ir.VectorType(i32, VL), [0] * VL))
+    mask = builder.icmp_signed("<", ir.Constant(it, list(range(VL))), remv)
+    body(vptrs(base), (mask, mload, mstore))
+    builder.branch(done)
+    builder.position_at_end(done)
+
+
+def _load(builder, p, m):
+    if m is None:
+        v = builder.load(p)
+        v.align = 4
+        return v
+    mask, mload, _ = m
+    vt = p.type.pointee
+    return builder.call(mload, [p, ir.Constant(ir.IntType(32), 4), mask, ir.Constant(vt, [0.0] * vt.count)])
+
+
+def _store(builder, v, p, m):
+    if m is None:
+        st = builder.store(v, p)
+        st.align = 4
+    else:
+        mask, _, mstore = m
+        builder.call(mstore, [v, p, ir.Constant(ir.IntType(32), 4), mask])
+
+
+@intrinsic
+def vadd(typingctx, D, d0, S, s0, n):
+    """D[d0:d0+n] += S[s0:s0+n] (float32; the ranges must not overlap)."""
+    sig = types.void(_F32_1D, types.intp, _F32_1D, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        D_, d0_, S_, s0_, n_ = args
+        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+        sp = _elem_ptr(context, builder, signature.args[2], S_, s0_)
+
+        def body(p, m):
+            _store(builder, builder.fadd(_load(builder, p[0], m), _load(builder, p[1], m)), p[0], m)
+
+        _row_op(builder, n_, [dp, sp], body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vcopy(typingctx, D, d0, S, s0, n, b):
+    """D[d0:d0+n] = S[s0:s0+n] + b (float32 scalar b; use 0 for a plain copy)."""
+    sig = types.void(_F32_1D, types.intp, _F32_1D, types.intp, types.intp, types.float32)
+
+    def codegen(context, builder, signature, args):
+        D_, d0_, S_, s0_, n_, b_ = args
+        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+        sp = _elem_ptr(context, builder, signature.args[2], S_, s0_)
+        bv = _splat(builder, b_, ir.VectorType(_F32, VL))
+
+        def body(p, m):
+            _store(builder, builder.fadd(_load(builder, p[1], m), bv), p[0], m)
+
+        _row_op(builder, n_, [dp, sp], body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vzero(typingctx, D, d0, n):
+    """D[d0:d0+n] = 0 (float32)."""
+    sig = types.void(_F32_1D, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        D_, d0_, n_ = args
+        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+        zero = ir.Constant(ir.VectorType(_F32, VL), [0.0] * VL)
+
+        def body(p, m):
+            _store(builder, zero, p[0], m)
+
+        _row_op(builder, n_, [dp], body)
+        return context.get_dummy_value()
+
+    return sig, codegen
