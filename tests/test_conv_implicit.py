@@ -20,7 +20,7 @@ from numba import njit
 import _reference as ref
 from nbcnn import ops
 from nbcnn.kernels.cpu import conv_implicit
-from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer
+from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vzero
 from nbcnn.kernels.geometry import resolve_padding
 
 
@@ -74,6 +74,34 @@ def test_mk_dot_accumulates_segments_of_several_images():
                 b = B[n * bstride + boffs[j]:][:L * VL].reshape(L, VL).astype(np.float64)
                 expected[i, j] += (a * b).sum(axis=0)
     np.testing.assert_allclose(O.reshape(MD, ND, VL), expected, rtol=1e-5, atol=1e-5)
+
+
+@njit
+def _rows(op, D, d0, S, s0, n, b):
+    if op == 0:
+        vadd(D, d0, S, s0, n)
+    elif op == 1:
+        vcopy(D, d0, S, s0, n, b)
+    else:
+        vzero(D, d0, n)
+
+
+@pytest.mark.parametrize("n", [0, 1, VL - 1, VL, VL + 1, 3 * VL + 5, 136])
+@pytest.mark.parametrize("op", ["add", "copy", "zero"])
+def test_row_helpers_touch_exactly_n_floats(op, n):
+    rng = np.random.default_rng(n)
+    D = rng.standard_normal(400).astype(np.float32)
+    S = rng.standard_normal(400).astype(np.float32)
+    d0, s0, b = 3, 7, np.float32(0.25)                   # unaligned starts
+    want = D.copy()
+    if op == "add":
+        want[d0:d0 + n] += S[s0:s0 + n]
+    elif op == "copy":
+        want[d0:d0 + n] = S[s0:s0 + n] + b
+    else:
+        want[d0:d0 + n] = 0
+    _rows(["add", "copy", "zero"].index(op), D, d0, S, s0, n, b)
+    np.testing.assert_array_equal(D, want)                # and nothing outside [d0, d0 + n)
 
 
 # (N, C, H, W, K, kh, kw, stride, padding) built around the host's tile sizes.
