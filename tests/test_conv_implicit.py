@@ -31,8 +31,8 @@ def _outer_tiles(A, B, offs, K, C, ldc, nj):
 
 
 @njit
-def _dot_tile(A, aoffs, astride, B, boffs, bstride, nimg, L, O):
-    mk_dot(A, 0, aoffs, astride, B, 0, boffs, bstride, nimg, L, O, 0)
+def _dot_tile(A, aoffs, astride, B, boffs, bstride, nimg, L, O, o0, ldo):
+    mk_dot(A, 0, aoffs, astride, B, 0, boffs, bstride, nimg, L, O, o0, ldo)
 
 
 def test_mk_outer_matches_numpy_with_scattered_rows():
@@ -63,17 +63,24 @@ def test_mk_dot_accumulates_segments_of_several_images():
     aoffs = rng.integers(0, 300, size=MD).astype(np.int64)
     boffs = rng.integers(0, 500, size=ND).astype(np.int64)
     astride, bstride = 411, 707
-    O = rng.standard_normal(MD * ND * VL).astype(np.float32)   # accumulated into, not overwritten
-    O0 = O.copy()
-    _dot_tile(A, aoffs, astride, B, boffs, bstride, nimg, L, O)
-    expected = O0.astype(np.float64).reshape(MD, ND, VL)
-    for n in range(nimg):
-        for i in range(MD):
-            for j in range(ND):
-                a = A[n * astride + aoffs[i]:][:L * VL].reshape(L, VL).astype(np.float64)
-                b = B[n * bstride + boffs[j]:][:L * VL].reshape(L, VL).astype(np.float64)
-                expected[i, j] += (a * b).sum(axis=0)
-    np.testing.assert_allclose(O.reshape(MD, ND, VL), expected, rtol=1e-5, atol=1e-5)
+    ldo, o0 = ND + 3, 5                                        # a tile inside a wider matrix
+    O = rng.standard_normal(o0 + MD * ldo + 4).astype(np.float32)   # accumulated into, not overwritten
+    expected = O.astype(np.float64)
+    for i in range(MD):
+        for j in range(ND):
+            for n in range(nimg):
+                a = A[n * astride + aoffs[i]:][:L * VL].astype(np.float64)
+                b = B[n * bstride + boffs[j]:][:L * VL].astype(np.float64)
+                expected[o0 + i * ldo + j] += (a * b).sum()
+    _dot_tile(A, aoffs, astride, B, boffs, bstride, nimg, L, O, o0, ldo)
+    np.testing.assert_allclose(O, expected, rtol=1e-5, atol=1e-4)   # entries outside the tile untouched
+
+
+def test_mk_dot_with_nothing_to_sum_leaves_the_tile():
+    O = np.arange(MD * ND, dtype=np.float32)
+    z = np.zeros(4 * VL, np.float32)
+    _dot_tile(z, np.zeros(MD, np.int64), 0, z, np.zeros(ND, np.int64), 0, 0, 2, O, 0, ND)
+    np.testing.assert_array_equal(O, np.arange(MD * ND, dtype=np.float32))
 
 
 @njit

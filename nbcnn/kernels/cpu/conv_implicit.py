@@ -24,7 +24,7 @@ gradients through 0 * NaN products in junk columns (as with im2col).
 from __future__ import annotations
 
 import numpy as np
-from numba import config, get_thread_id, njit, prange
+from numba import config, get_num_threads, get_thread_id, njit, prange
 
 from .microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vzero
 from .scratch import scratch
@@ -90,9 +90,9 @@ def _forward(xb, img, offs, wp, R, bias, Kp, Ppad, Wq, ybuf, y):
 def _gy_flat(gy, Wq, Pv, Kl, gyb, gb):
     """gyb[k, n*Pv + oh*Wq + ow] = gy[n, k, oh, ow]; zero in the junk columns, the Pv padding and the slack.
 
-    Also the bias gradient gb[k] = sum of gy[:, k] (float64 accumulation over the
-    freshly written, cache-hot row; fastmath only lets that sum vectorise, in a
-    fixed order: one task per k).
+    Also the bias gradient gb[k] = sum of gy[:, k], read back from the freshly
+    written, cache-hot row (fastmath only lets those sums vectorise; the order is
+    fixed: one task per k).
     """
     N, K, Ho, Wo = gy.shape
     gf = gy.reshape(N * K * Ho * Wo)
@@ -106,44 +106,39 @@ def _gy_flat(gy, Wq, Pv, Kl, gyb, gb):
             vzero(gyb, s0 + Ho * Wq, Pv - Ho * Wq)
         vzero(gyb, k * Kl + N * Pv, Kl - N * Pv)
         acc = 0.0
-        for i in range(k * Kl, k * Kl + N * Pv):
-            acc += gyb[i]
+        for n in range(N):  # float32 sums per image, added up in float64
+            seg = gyb[k * Kl + n * Pv:k * Kl + (n + 1) * Pv]  # indexed from 0: offset indexing ran 7x slower
+            part = np.float32(0)
+            for i in range(Pv):
+                part += seg[i]
+            acc += part
         gb[k] = acc
 
 
 @njit(parallel=True, cache=True)
-def _weight_grad(gyb, Kl, Pv, xb, img, boffs, N, group, gw2):
-    """gw2[k, r] = sum_n sum_p gyb[k, n*Pv + p] * xb[n*img + boffs[r] + p], one task per block of MD filters.
+def _weight_grad(gyb, Kl, Pv, xb, img, aoffs, boffs, N, group, nchunks, gwp):
+    """gwp[k, r] = sum_n sum_p gyb[k, n*Pv + p] * xb[n*img + boffs[r] + p] (gwp padded to MD x ND tiles).
 
-    Images are taken in groups small enough to stay in cache; per pair the VL
-    lane sums are added in float64 in a fixed order.
+    Each thread owns a fixed range of filter blocks and walks the images in
+    groups small enough to stay in its cache, so the input is read once per
+    thread (not once per filter block). Every entry is summed in the same order
+    whatever the thread count: image groups in order, lanes by halving.
     """
-    K, R = gw2.shape
-    nkb = (K + MD - 1) // MD
-    njb = boffs.shape[0] // ND
+    Kp, Rp = gwp.shape
+    nkb = Kp // MD
+    njb = Rp // ND
     L = Pv // VL
-    for kb in prange(nkb):
-        aoffs = np.empty(MD, dtype=np.int64)
-        for i in range(MD):
-            aoffs[i] = min(kb * MD + i, K - 1) * Kl
-        acc = np.zeros(njb * MD * ND * VL, dtype=np.float32)
+    gf = gwp.reshape(Kp * Rp)
+    for ch in prange(nchunks):
+        k0 = ch * nkb // nchunks
+        k1 = (ch + 1) * nkb // nchunks
+        vzero(gf, k0 * MD * Rp, (k1 - k0) * MD * Rp)
         for n0 in range(0, N, group):
             ng = min(group, N - n0)
-            for jb in range(njb):
-                mk_dot(gyb, n0 * Pv, aoffs, Pv, xb, n0 * img, boffs[jb * ND:(jb + 1) * ND], img,
-                       ng, L, acc, jb * MD * ND * VL)
-        for i in range(MD):
-            k = kb * MD + i
-            if k >= K:
-                break
-            for r in range(R):
-                jb = r // ND
-                j = r - jb * ND
-                base = ((jb * MD + i) * ND + j) * VL
-                s = 0.0
-                for lane in range(VL):
-                    s += acc[base + lane]
-                gw2[k, r] = s
+            for kb in range(k0, k1):
+                for jb in range(njb):
+                    mk_dot(gyb, n0 * Pv, aoffs[kb * MD:(kb + 1) * MD], Pv, xb, n0 * img, boffs[jb * ND:(jb + 1) * ND],
+                           img, ng, L, gf, kb * MD * Rp + jb * ND, Rp)
 
 
 @njit(parallel=True, cache=True)
@@ -328,10 +323,16 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     gyb = scratch("mk_gy", (K * Kl,), np.float32)
     gb = np.empty(K, dtype=np.float32)
     _gy_flat(gy, g.Wq, g.Pv, Kl, gyb, gb)
-    per_image = (g.img + K * g.Pv) * 4
-    group = max(1, min(N, (384 << 10) // max(per_image, 1)))
-    gw2 = np.empty((K, g.R), dtype=np.float32)
-    _weight_grad(gyb, Kl, g.Pv, xb, g.img, g.boffs, N, group, gw2)
+    Kp = _up(K, MD)
+    aoffs = (np.minimum(np.arange(Kp), K - 1) * Kl).astype(np.int64)   # padded rows repeat the last
+    gwp = scratch("mk_gw", (Kp, g.boffs.shape[0]), np.float32)
+    nchunks = max(1, min(get_num_threads(), Kp // MD))
+    # images per mk_dot call: >= ~64 vector steps per call (each call ends in MD*ND lane sums),
+    # while one group's input and this thread's gradient rows stay within ~768 KB of cache
+    per_image = (g.img + -(-Kp // nchunks) * g.Pv) * 4
+    group = max(1, min(N, -(-64 // max(g.Pv // VL, 1)), (768 << 10) // max(per_image, 1)))
+    _weight_grad(gyb, Kl, g.Pv, xb, g.img, aoffs, g.boffs, N, group, nchunks, gwp)
+    gw2 = np.ascontiguousarray(gwp[:K, :g.R])
     gw = gw2.reshape(w.shape)
     if not need_gx:
         return None, gw, gb

@@ -13,9 +13,9 @@ Two kernels:
 
 * ``mk_outer``  C[MR, NR] = sum_k A[k, :MR] (x) B[off[k] : off[k] + NR]
   (outer products; A packed k-major in panels of MR rows, NR = NV * VL).
-* ``mk_dot``    O[i, j, :VL] += sum over images and vectors of
-  A[aoff[i] + ...] * B[boff[j] + ...] (dot products kept as VL lanes; the
-  caller sums the lanes).
+* ``mk_dot``    O[i, j] += sum over images and positions of
+  A[aoff[i] + ...] * B[boff[j] + ...] (dot products: VL lanes in registers,
+  summed once per call).
 
 The tile shape follows the host: 8 x 48 with 512-bit vectors (24 of the 32
 registers), 6 x 16 with AVX2-sized vectors. Results do not depend on threads.
@@ -151,19 +151,32 @@ def mk_outer(typingctx, A, a0, B, offs, b0, K, C, c0, ldc):
     return sig, codegen
 
 
-@intrinsic
-def mk_dot(typingctx, A, a0, aoffs, astride, B, b0, boffs, bstride, nimg, L, O, o0):
-    """O[o0 + (i*ND + j)*VL + l] += sum_{n<nimg, q<L} A[a0 + n*astride + aoffs[i] + q*VL + l]
-                                                     * B[b0 + n*bstride + boffs[j] + q*VL + l]
+def _hsum(builder, v):
+    """Sum of a vector's lanes by halving (a fixed order)."""
+    n = v.type.count
+    i32 = ir.IntType(32)
+    while n > 1:
+        h = n // 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, h), list(range(h, n))))
+        v = builder.fadd(lo, hi)
+        n = h
+    return builder.extract_element(v, ir.Constant(i32, 0))
 
-    for i < MD, j < ND, lane l < VL: MD x ND dot products of nimg segments of
-    L vectors each, kept as VL partial sums per pair (the caller adds the lanes).
+
+@intrinsic
+def mk_dot(typingctx, A, a0, aoffs, astride, B, b0, boffs, bstride, nimg, L, O, o0, ldo):
+    """O[o0 + i*ldo + j] += sum_{n<nimg, q<L*VL} A[a0 + n*astride + aoffs[i] + q] * B[b0 + n*bstride + boffs[j] + q]
+
+    for i < MD, j < ND: MD x ND dot products over nimg segments of L vectors.
+    Each pair accumulates in a VL-lane register over all segments; the lanes are
+    then summed (by halving) and added to O, so O is an ordinary (rows x ldo) tile.
     """
     sig = types.void(_F32_1D, types.intp, _I64_1D, types.intp, _F32_1D, types.intp, _I64_1D,
-                     types.intp, types.intp, types.intp, _F32_1D, types.intp)
+                     types.intp, types.intp, types.intp, _F32_1D, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        A_, a0_, ao_, as_, B_, b0_, bo_, bs_, nimg_, L_, O_, o0_ = args
+        A_, a0_, ao_, as_, B_, b0_, bo_, bs_, nimg_, L_, O_, o0_, ldo_ = args
         at = signature.args
         vt = ir.VectorType(_F32, VL)
         fma = _fma(builder, vt)
@@ -174,55 +187,67 @@ def mk_dot(typingctx, A, a0, aoffs, astride, B, b0, boffs, bstride, nimg, L, O, 
         op0 = _elem_ptr(context, builder, at[10], O_, o0_)
         arow = [builder.gep(ap0, [builder.load(builder.gep(aop, [_c(i)]))]) for i in range(MD)]
         brow = [builder.gep(bp0, [builder.load(builder.gep(bop, [_c(j)]))]) for j in range(ND)]
-        init = [_vec_load(builder, builder.gep(op0, [_c(t * VL)]), vt) for t in range(MD * ND)]
-        total = builder.mul(nimg_, L_)
+        zero = ir.Constant(vt, [0.0] * VL)
         entry = builder.block
+        seg = builder.append_basic_block("mkd_seg")
         loop = builder.append_basic_block("mkd_loop")
+        latch = builder.append_basic_block("mkd_latch")
         done = builder.append_basic_block("mkd_done")
-        builder.cbranch(builder.icmp_signed(">", total, _c(0)), loop, done)
+        ok = builder.and_(builder.icmp_signed(">", nimg_, _c(0)), builder.icmp_signed(">", L_, _c(0)))
+        builder.cbranch(ok, seg, done)
+
+        # outer loop over segments (images): their base pointers; the inner loop is a plain
+        # counted loop (a flat loop with per-iteration segment selects ran ~35% slower)
+        builder.position_at_end(seg)
+        sidx = builder.phi(_I64)
+        sidx.add_incoming(_c(0), entry)
+        sacc = []
+        for _ in range(MD * ND):
+            p = builder.phi(vt)
+            p.add_incoming(zero, entry)
+            sacc.append(p)
+        abase = [builder.gep(r, [builder.mul(sidx, as_)]) for r in arow]
+        bbase = [builder.gep(r, [builder.mul(sidx, bs_)]) for r in brow]
+        builder.branch(loop)
 
         builder.position_at_end(loop)
-        t = builder.phi(_I64)      # flat iteration count
-        q = builder.phi(_I64)      # vector index inside the current image's segment
-        na = builder.phi(_I64)     # current image's offset into A
-        nb = builder.phi(_I64)     # ... and into B
-        for p in (t, q, na, nb):
-            p.add_incoming(_c(0), entry)
+        q = builder.phi(_I64)
+        q.add_incoming(_c(0), seg)
         acc = []
-        for s in range(MD * ND):
+        for t in range(MD * ND):
             p = builder.phi(vt)
-            p.add_incoming(init[s], entry)
+            p.add_incoming(sacc[t], seg)
             acc.append(p)
         qv = builder.mul(q, _c(VL))
-        ia = builder.add(na, qv)
-        ib = builder.add(nb, qv)
-        av = [_vec_load(builder, builder.gep(arow[i], [ia]), vt) for i in range(MD)]
-        bv = [_vec_load(builder, builder.gep(brow[j], [ib]), vt) for j in range(ND)]
-        new = []
-        for i in range(MD):
-            for j in range(ND):
-                new.append(builder.call(fma, [av[i], bv[j], acc[i * ND + j]]))
-        t1 = builder.add(t, _c(1))
+        av = [_vec_load(builder, builder.gep(r, [qv]), vt) for r in abase]
+        bv = [_vec_load(builder, builder.gep(r, [qv]), vt) for r in bbase]
+        new = [builder.call(fma, [av[i], bv[j], acc[i * ND + j]]) for i in range(MD) for j in range(ND)]
         q1 = builder.add(q, _c(1))
-        wrap = builder.icmp_signed("==", q1, L_)
-        tail = builder.block
-        t.add_incoming(t1, tail)
-        q.add_incoming(builder.select(wrap, _c(0), q1), tail)
-        na.add_incoming(builder.select(wrap, builder.add(na, as_), na), tail)
-        nb.add_incoming(builder.select(wrap, builder.add(nb, bs_), nb), tail)
+        inner_end = builder.block
+        q.add_incoming(q1, inner_end)
         for p, n in zip(acc, new):
-            p.add_incoming(n, tail)
-        builder.cbranch(builder.icmp_signed("<", t1, total), loop, done)
+            p.add_incoming(n, inner_end)
+        builder.cbranch(builder.icmp_signed("<", q1, L_), loop, latch)
+
+        builder.position_at_end(latch)
+        s1 = builder.add(sidx, _c(1))
+        sidx.add_incoming(s1, latch)
+        for p, n in zip(sacc, new):
+            p.add_incoming(n, latch)
+        builder.cbranch(builder.icmp_signed("<", s1, nimg_), seg, done)
 
         builder.position_at_end(done)
         res = []
-        for s in range(MD * ND):
+        for t in range(MD * ND):
             r = builder.phi(vt)
-            r.add_incoming(init[s], entry)
-            r.add_incoming(new[s], tail)
+            r.add_incoming(zero, entry)
+            r.add_incoming(new[t], latch)
             res.append(r)
-        for s in range(MD * ND):
-            _vec_store(builder, res[s], builder.gep(op0, [_c(s * VL)]), vt)
+        for i in range(MD):
+            row = builder.gep(op0, [builder.mul(ldo_, _c(i))])
+            for j in range(ND):
+                ptr = builder.gep(row, [_c(j)])
+                builder.store(builder.fadd(builder.load(ptr), _hsum(builder, res[i * ND + j])), ptr)
         return context.get_dummy_value()
 
     return sig, codegen
