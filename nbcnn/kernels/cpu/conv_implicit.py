@@ -355,7 +355,10 @@ def _input_grad_plan(w, g):
     K, C, kh, kw, sh, sw = g.K, g.C, g.kh, g.kw, g.sh, g.sw
     kmh, kmw = -(-kh // sh), -(-kw // sw)
     Hb = max(g.Ho + 2 * (kmh - 1), g.Hq + kmh - 1)
-    Wb = max(g.Wo + 2 * (kmw - 1), g.Wq + kmw - 1)
+    # Rows of the embedded gradient share their zero borders: a read past the end of a row
+    # lands in the next row's kmw - 1 leading zeros, so Wb = Wo + kmw - 1 suffices (not
+    # Wo + 2*(kmw - 1)) as long as it covers the phase-plane width: 6-14% less work.
+    Wb = max(g.Wo + kmw - 1, g.Wq)
     packs, tabs, Rf, u0, u1 = [], [], [], [], []
     for a in range(sh):
         for b in range(sw):
