@@ -125,6 +125,12 @@ EDGE_CASES = [
     (1, 3, 17, 15, 4, 5, 3, (3, 2), "same"),        # sh != sw with asymmetric 'same' pads
     (2, 3, 23, 23, MR + 2, 11, 11, 4, 0),           # AlexNet-like
     (1, 2, 6, 6, 3, 3, 3, 1, 4),                    # padding larger than the kernel
+    # C >= MR: the input gradient goes by stride phases (C < MR goes through gcol)
+    (2, MR, 11, 12, 5, 3, 3, 2, 1),                 # strided 3x3, sub-filters 2x2/2x1/1x2/1x1
+    (1, MR + 3, 13, 11, 4, 5, 3, (2, 3), "same"),   # sh != sw, asymmetric pads
+    (2, MR, 9, 9, 3, 1, 1, 2, 1),                   # 1x1 stride 2: phases without any tap
+    (1, MR, 12, 13, 2, 3, 3, 3, 0),                 # stride 3 (generic phase split)
+    (2, MR + 1, 9, 10, 6, 3, 3, 1, "same"),         # stride 1 with padding, shared row borders
 ]
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import config, get_num_threads, get_thread_id, njit, prange
 
-from .microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vzero
+from .microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
 from .scratch import scratch
 
 
@@ -35,8 +35,12 @@ def _up(n: int, m: int) -> int:
 
 
 @njit(parallel=True, cache=True)
-def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, xb):
-    """xb[((n*C + c)*S + a*sw + b)*Hq*Wq + u*Wq + v] = xpad[n, c, u*sh + a, v*sw + b] (0 outside x); slack zeroed."""
+def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
+    """xb[((n*C + c)*S + a*sw + b)*Hq*Wq + u*Wq + v] = xpad[n, c, u*sh + a, v*sw + b] (0 outside x); slack zeroed.
+
+    Stride sw > 1: each padded row is built once in a small buffer and split into
+    its sw column phases (sw == 2: vector shuffles; other strides: scalar loops).
+    """
     N, C, H, W = x.shape
     S = sh * sw
     plane = Hq * Wq
@@ -45,28 +49,39 @@ def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, xb):
     for t in prange(N * C):
         n = t // C
         c = t - n * C
+        row = rowbuf[get_thread_id()]                   # one padded input row (sw > 1)
+        vzero(row, 0, row.shape[0])
         for a in range(sh):
-            for b in range(sw):
-                q0 = ((n * C + c) * S + a * sw + b) * plane
-                # columns v with 0 <= v*sw + b - pl < W
-                v0 = min(max(0, -((b - pl) // sw)), Wq)
-                v1 = max(min(Wq, (W - 1 + pl - b) // sw + 1), v0)
-                for u in range(Hq):
-                    h = u * sh + a - pt
-                    d0 = q0 + u * Wq
-                    if h < 0 or h >= H:
-                        vzero(xb, d0, Wq)
-                        continue
-                    s0 = (t * H + h) * W
-                    vzero(xb, d0, v0)
-                    if sw == 1:
-                        vcopy(xb, d0 + v0, xf, s0 + v0 - pl, v1 - v0, zero)
-                    else:
-                        for v in range(v0, v1):
-                            xb[d0 + v] = xf[s0 + v * sw + b - pl]
-                    vzero(xb, d0 + v1, Wq - v1)
+            for u in range(Hq):
+                h = u * sh + a - pt
+                base = ((n * C + c) * S + a * sw) * plane + u * Wq      # phase (a, 0), row u
+                if h < 0 or h >= H:
+                    for b in range(sw):
+                        vzero(xb, base + b * plane, Wq)
+                    continue
+                s0 = (t * H + h) * W
+                if sw == 1:
+                    v1 = min(Wq, W + pl)
+                    vzero(xb, base, min(pl, Wq))
+                    vcopy(xb, base + min(pl, Wq), xf, s0, v1 - min(pl, Wq), zero)
+                    vzero(xb, base + v1, Wq - v1)
+                    continue
+                n_in = min(W, sw * Wq - pl)
+                vcopy(row, pl, xf, s0, n_in, zero)            # row[:pl] and row[pl + W:] stay 0
+                if sw == 2:
+                    vsplit2(xb, base, base + plane, row, 0, Wq)
+                else:
+                    for b in range(sw):
+                        d = xb[base + b * plane:base + b * plane + Wq]
+                        for v in range(Wq):
+                            d[v] = row[v * sw + b]
     n0 = N * C * S * plane
     vzero(xb, n0, xb.shape[0] - n0)
+
+
+def fill_phases(x, g, xb):
+    """Pad x and split it into its stride phases in xb (see _fill_phases)."""
+    _fill_phases(x, g.sh, g.sw, g.pt, g.pl, g.Hq, g.Wq, _threads_buf("mk_row", g.sw * g.Wq), xb)
 
 
 @njit(parallel=True, cache=True)
@@ -162,34 +177,41 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
         tid = get_thread_id()
         g = gbuf[tid]
         ob = obuf[tid]
+        row = np.empty(sw * Wb, dtype=np.float32)   # one padded gx row, its column phases interleaved
         vzero(g, 0, g.shape[0])
         for k in range(K):
             for oh in range(Ho):
                 vcopy(g, (k * Hb + oh + kmh - 1) * Wb + kmw - 1, gf, ((n * K + k) * Ho + oh) * Wo, Wo, zero)
-        for ph in range(sh * sw):
-            a = ph // sw
-            b = ph - a * sw
+        S = sh * sw
+        for ph in range(S):
             if u1[ph] <= u0[ph]:
                 continue
             p0 = u0[ph] * Wb
             nj = ((u1[ph] - u0[ph]) * Wb + NR - 1) // NR
+            o0 = ph * Cp * Pgpad
             for jb in range(nj):
                 for ib in range(nmb):
                     mk_outer(wfp, wstart[ph] + ib * Rf[ph] * MR, g, offs[ostart[ph]:], p0 + jb * NR, Rf[ph],
-                             ob, ib * MR * Pgpad + jb * NR, Pgpad)
-            # phase row u, column v -> padded (u*sh + a, v*sw + b) -> x (.. - pt, .. - pl)
-            v0 = max(0, -((b - pl) // sw))
-            v1 = min((W - 1 + pl - b) // sw + 1, Wb)
-            for c in range(C):
-                for u in range(u0[ph], u1[ph]):
-                    h = u * sh + a - pt
-                    o = c * Pgpad + (u - u0[ph]) * Wb
-                    d0 = ((n * C + c) * H + h) * W
-                    if sw == 1:  # contiguous: one vector copy (a run-time-stride loop runs scalar)
-                        vcopy(gxf, d0, ob, o + pl, W, zero)
-                    else:
-                        for v in range(v0, v1):
-                            gxf[d0 + v * sw + b - pl] = ob[o + v]
+                             ob, o0 + ib * MR * Pgpad + jb * NR, Pgpad)
+        # scatter: x row h is padded row h + pt = u*sh + a; its column phases b interleave
+        for c in range(C):
+            for h in range(H):
+                hp = h + pt
+                a = hp % sh
+                u = hp // sh
+                d0 = ((n * C + c) * H + h) * W
+                o = c * Pgpad + (u - u0[a * sw]) * Wb             # row u in every phase (a, b)
+                if sw == 1:  # contiguous: one vector copy
+                    vcopy(gxf, d0, ob, a * Cp * Pgpad + o + pl, W, zero)
+                    continue
+                if sw == 2:
+                    vjoin2(row, 0, ob, (a * 2) * Cp * Pgpad + o, (a * 2 + 1) * Cp * Pgpad + o, Wb)
+                else:
+                    for b in range(sw):
+                        rb = ob[(a * sw + b) * Cp * Pgpad + o:(a * sw + b) * Cp * Pgpad + o + Wb]
+                        for v in range(Wb):
+                            row[v * sw + b] = rb[v]
+                vcopy(gxf, d0, row, pl, W, zero)
 
 
 @njit(parallel=True, cache=True)
@@ -287,8 +309,12 @@ def geometry(x_shape, w_shape, stride, pads) -> Geometry:
 
 
 def _threads_buf(name, n):
-    """One row per Numba worker (indexed by get_thread_id() inside the parallel loops)."""
-    return scratch(name, (config.NUMBA_NUM_THREADS, n), np.float32)
+    """One row per Numba worker (indexed by get_thread_id() inside the parallel loops).
+
+    Rows are padded to 64 floats so two workers never write the same cache line
+    (a 34-float row buffer shared lines and ran 3x slower).
+    """
+    return scratch(name, (config.NUMBA_NUM_THREADS, _up(max(n, 1), 64)), np.float32)
 
 
 def forward(x, w, b, stride, pads, ctx=None):
@@ -301,7 +327,7 @@ def forward(x, w, b, stride, pads, ctx=None):
         ctx["mk_xb"] = xb
     else:
         xb = scratch("mk_xb", (g.xb_len,), np.float32)
-    _fill_phases(x, g.sh, g.sw, g.pt, g.pl, g.Hq, g.Wq, xb)
+    fill_phases(x, g, xb)
     wp, Kp = _pack_rows(w.reshape(g.K, g.R))
     bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
     y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
@@ -316,7 +342,7 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     xb = ctx.get("mk_xb") if ctx is not None else None
     if xb is None or xb.shape[0] != g.xb_len:
         xb = scratch("mk_xb", (g.xb_len,), np.float32)
-        _fill_phases(x, g.sh, g.sw, g.pt, g.pl, g.Hq, g.Wq, xb)
+        fill_phases(x, g, xb)
     gy = np.ascontiguousarray(gy)
     K, N = g.K, g.N
     Kl = N * g.Pv + NR  # slack: the gcol tiles of the last image read up to NR columns past it
@@ -379,6 +405,6 @@ def _input_grad_plan(w, g):
     Pgpad = _up(rows * Wb, NR)
     glen = max(K * Hb * Wb, max(lo for lo in u0) * Wb + Pgpad + int(offs.max())) + VL
     gbuf = _threads_buf("mk_gpad", glen)
-    obuf = _threads_buf("mk_gout", Cp * Pgpad)
+    obuf = _threads_buf("mk_gout", sh * sw * Cp * Pgpad)
     return (np.concatenate(packs), wstart, offs, ostart, np.array(Rf, np.int64), np.array(u0, np.int64),
             np.array(u1, np.int64), Cp, sh, sw, g.pt, g.pl, Hb, Wb, kmh, kmw, Pgpad, gbuf, obuf)

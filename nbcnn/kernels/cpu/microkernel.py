@@ -372,3 +372,143 @@ def vzero(typingctx, D, d0, n):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _lane_mask(builder, rem, count):
+    """<count x i1>: lanes < rem (rem may exceed count)."""
+    i32 = ir.IntType(32)
+    it = ir.VectorType(_I64, count)
+    remv = builder.insert_element(ir.Constant(it, ir.Undefined), rem, ir.Constant(i32, 0))
+    remv = builder.shuffle_vector(remv, ir.Constant(it, ir.Undefined), ir.Constant(ir.VectorType(i32, count), [0] * count))
+    return builder.icmp_signed("<", ir.Constant(it, list(range(count))), remv)
+
+
+def _masked_fns(builder, vt):
+    mt = ir.VectorType(ir.IntType(1), vt.count)
+    i32 = ir.IntType(32)
+    mload = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, mt, vt]), "llvm.masked.load.v%df32.p0" % vt.count)
+    mstore = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]),
+        "llvm.masked.store.v%df32.p0" % vt.count)
+    return mload, mstore
+
+
+def _pair_op(builder, n_, body):
+    """Loop over n_ output floats in steps of VL (last step masked): body(step_offset, mask_or_None)."""
+    nfull = builder.sdiv(n_, _c(VL))
+    entry = builder.block
+    loop = builder.append_basic_block("pair_loop")
+    tail = builder.append_basic_block("pair_tail")
+    done = builder.append_basic_block("pair_done")
+    builder.cbranch(builder.icmp_signed(">", nfull, _c(0)), loop, tail)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    i.add_incoming(_c(0), entry)
+    body(builder.mul(i, _c(VL)), None)
+    i1 = builder.add(i, _c(1))
+    i.add_incoming(i1, builder.block)
+    builder.cbranch(builder.icmp_signed("<", i1, nfull), loop, tail)
+    builder.position_at_end(tail)
+    base = builder.mul(nfull, _c(VL))
+    body(base, builder.sub(n_, base))
+    builder.branch(done)
+    builder.position_at_end(done)
+
+
+@intrinsic
+def vsplit2(typingctx, D, d0, e0, S, s0, n):
+    """D[d0 + i] = S[s0 + 2i], D[e0 + i] = S[s0 + 2i + 1] for i < n: split even/odd columns (stride-2 phases)."""
+    sig = types.void(_F32_1D, types.intp, types.intp, _F32_1D, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        D_, d0_, e0_, S_, s0_, n_ = args
+        vt = ir.VectorType(_F32, VL)
+        i32 = ir.IntType(32)
+        mload, mstore = _masked_fns(builder, vt)
+        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+        ep = _elem_ptr(context, builder, signature.args[0], D_, e0_)
+        sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
+        zero = ir.Constant(vt, [0.0] * VL)
+        even = ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)])
+        odd = ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)])
+        four = ir.Constant(i32, 4)
+
+        def body(off, rem):
+            s = builder.gep(sp, [builder.mul(off, _c(2))])
+            p0 = builder.bitcast(s, vt.as_pointer())
+            p1 = builder.bitcast(builder.gep(s, [_c(VL)]), vt.as_pointer())
+            q0 = builder.bitcast(builder.gep(dp, [off]), vt.as_pointer())
+            q1 = builder.bitcast(builder.gep(ep, [off]), vt.as_pointer())
+            if rem is None:
+                a = builder.load(p0)
+                a.align = 4
+                b = builder.load(p1)
+                b.align = 4
+            else:
+                a = builder.call(mload, [p0, four, _lane_mask(builder, builder.mul(rem, _c(2)), VL), zero])
+                b = builder.call(mload, [p1, four, _lane_mask(builder, builder.sub(builder.mul(rem, _c(2)), _c(VL)), VL), zero])
+            ev = builder.shuffle_vector(a, b, even)
+            od = builder.shuffle_vector(a, b, odd)
+            if rem is None:
+                for v, q in ((ev, q0), (od, q1)):
+                    st = builder.store(v, q)
+                    st.align = 4
+            else:
+                m = _lane_mask(builder, rem, VL)
+                builder.call(mstore, [ev, q0, four, m])
+                builder.call(mstore, [od, q1, four, m])
+
+        _pair_op(builder, n_, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vjoin2(typingctx, D, d0, S, s0, e0, n):
+    """D[d0 + 2i] = S[s0 + i], D[d0 + 2i + 1] = S[e0 + i] for i < n: interleave two column phases."""
+    sig = types.void(_F32_1D, types.intp, _F32_1D, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        D_, d0_, S_, s0_, e0_, n_ = args
+        vt = ir.VectorType(_F32, VL)
+        i32 = ir.IntType(32)
+        mload, mstore = _masked_fns(builder, vt)
+        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+        sp = _elem_ptr(context, builder, signature.args[2], S_, s0_)
+        ep = _elem_ptr(context, builder, signature.args[2], S_, e0_)
+        zero = ir.Constant(vt, [0.0] * VL)
+        lo = ir.Constant(ir.VectorType(i32, VL), [i // 2 + (VL if i % 2 else 0) for i in range(VL)])
+        hi = ir.Constant(ir.VectorType(i32, VL), [VL // 2 + i // 2 + (VL if i % 2 else 0) for i in range(VL)])
+        four = ir.Constant(i32, 4)
+
+        def body(off, rem):
+            p0 = builder.bitcast(builder.gep(sp, [off]), vt.as_pointer())
+            p1 = builder.bitcast(builder.gep(ep, [off]), vt.as_pointer())
+            d = builder.gep(dp, [builder.mul(off, _c(2))])
+            q0 = builder.bitcast(d, vt.as_pointer())
+            q1 = builder.bitcast(builder.gep(d, [_c(VL)]), vt.as_pointer())
+            if rem is None:
+                a = builder.load(p0)
+                a.align = 4
+                b = builder.load(p1)
+                b.align = 4
+            else:
+                m = _lane_mask(builder, rem, VL)
+                a = builder.call(mload, [p0, four, m, zero])
+                b = builder.call(mload, [p1, four, m, zero])
+            x0 = builder.shuffle_vector(a, b, lo)
+            x1 = builder.shuffle_vector(a, b, hi)
+            if rem is None:
+                for v, q in ((x0, q0), (x1, q1)):
+                    st = builder.store(v, q)
+                    st.align = 4
+            else:
+                builder.call(mstore, [x0, q0, four, _lane_mask(builder, builder.mul(rem, _c(2)), VL)])
+                builder.call(mstore, [x1, q1, four, _lane_mask(builder, builder.sub(builder.mul(rem, _c(2)), _c(VL)), VL)])
+
+        _pair_op(builder, n_, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
