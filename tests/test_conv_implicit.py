@@ -20,7 +20,7 @@ from numba import njit
 import _reference as ref
 from nbcnn import ops
 from nbcnn.kernels.cpu import conv_implicit
-from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vzero
+from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
 from nbcnn.kernels.geometry import resolve_padding
 
 
@@ -109,6 +109,34 @@ def test_row_helpers_touch_exactly_n_floats(op, n):
         want[d0:d0 + n] = 0
     _rows(["add", "copy", "zero"].index(op), D, d0, S, s0, n, b)
     np.testing.assert_array_equal(D, want)                # and nothing outside [d0, d0 + n)
+
+
+@njit
+def _split(D, d0, e0, S, s0, n):
+    vsplit2(D, d0, e0, S, s0, n)
+
+
+@njit
+def _join(D, d0, S, s0, e0, n):
+    vjoin2(D, d0, S, s0, e0, n)
+
+
+@pytest.mark.parametrize("n", [0, 1, VL // 2 + 1, VL, VL + 3, 2 * VL + 7])
+def test_even_odd_split_and_join(n):
+    rng = np.random.default_rng(n)
+    S = rng.standard_normal(300).astype(np.float32)
+    D = rng.standard_normal(300).astype(np.float32)
+    want = D.copy()
+    want[3:3 + n] = S[5:5 + 2 * n:2]
+    want[150:150 + n] = S[6:6 + 2 * n:2]
+    _split(D, 3, 150, S, 5, n)
+    np.testing.assert_array_equal(D, want)
+    D = rng.standard_normal(300).astype(np.float32)
+    want = D.copy()
+    want[7:7 + 2 * n:2] = S[11:11 + n]
+    want[8:8 + 2 * n:2] = S[200:200 + n]
+    _join(D, 7, S, 11, 200, n)
+    np.testing.assert_array_equal(D, want)
 
 
 # (N, C, H, W, K, kh, kw, stride, padding) built around the host's tile sizes.
