@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from .kernels.cpu.microkernel import compact_code
 
 from .device import is_gpu_array
 
@@ -28,6 +29,7 @@ def _sgd_kernel(p, g, v, lo, hi, lr, mom, wd, nesterov):
     n = hi - lo
     nb = (n + _BLOCK - 1) // _BLOCK
     for b in prange(nb):
+        compact_code()
         s = lo + b * _BLOCK
         e = min(s + _BLOCK, hi)
         if mom == 0:
@@ -54,6 +56,7 @@ def _adam_kernel(p, g, m, v, lo, hi, lr_c, b1, b2, eps_c, wd):
     nb = (n + _BLOCK - 1) // _BLOCK
     one = b1 - b1 + 1
     for b in prange(nb):
+        compact_code()
         s = lo + b * _BLOCK
         e = min(s + _BLOCK, hi)
         for i in range(s, e):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import config, get_num_threads, get_thread_id, njit, prange
 
-from .microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
+from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
 from .scratch import scratch
 
 
@@ -47,6 +47,7 @@ def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
     xf = x.reshape(N * C * H * W)
     zero = np.float32(0)
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         row = rowbuf[get_thread_id()]                   # one padded input row (sw > 1)
@@ -92,6 +93,7 @@ def _forward(xb, img, offs, wp, R, bias, Kp, Ppad, Wq, ybuf, y):
     nj = Ppad // NR
     yf = y.reshape(N * K * Ho * Wo)
     for n in prange(N):
+        compact_code()
         yb = ybuf[get_thread_id()]
         for jb in range(nj):
             for ib in range(nmb):
@@ -113,6 +115,7 @@ def _gy_flat(gy, Wq, Pv, Kl, gyb, gb):
     gf = gy.reshape(N * K * Ho * Wo)
     zero = np.float32(0)
     for k in prange(K):
+        compact_code()
         for n in range(N):
             s0 = k * Kl + n * Pv
             for oh in range(Ho):
@@ -145,6 +148,7 @@ def _weight_grad(gyb, Kl, Pv, xb, img, aoffs, boffs, N, group, nchunks, gwp):
     L = Pv // VL
     gf = gwp.reshape(Kp * Rp)
     for ch in prange(nchunks):
+        compact_code()
         k0 = ch * nkb // nchunks
         k1 = (ch + 1) * nkb // nchunks
         vzero(gf, k0 * MD * Rp, (k1 - k0) * MD * Rp)
@@ -174,6 +178,7 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
     gxf = gx.reshape(N * C * H * W)
     zero = np.float32(0)
     for n in prange(N):
+        compact_code()
         tid = get_thread_id()
         g = gbuf[tid]
         ob = obuf[tid]
@@ -227,6 +232,7 @@ def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, 
     gxf = gx.reshape(N * C * H * W)
     zero = np.float32(0)
     for n in prange(N):
+        compact_code()
         tid = get_thread_id()
         gc = cbuf[tid]
         buf = pbuf[tid]

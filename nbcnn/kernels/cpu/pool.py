@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from .microkernel import compact_code
 
 
 @njit(parallel=True, cache=True)
@@ -17,6 +18,7 @@ def _max_fwd(x, kh, kw, sh, sw, pt, pl, y, idx):
     N, C, H, W = x.shape
     Ho, Wo = y.shape[2], y.shape[3]
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         xs = x[n, c]
@@ -47,6 +49,7 @@ def _max_bwd(gy, idx, gx):
     N, C, H, W = gx.shape
     Ho, Wo = gy.shape[2], gy.shape[3]
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         g = gx[n, c].reshape(H * W)
@@ -63,6 +66,7 @@ def _avg_fwd(x, kh, kw, sh, sw, pt, pl, y):
     Ho, Wo = y.shape[2], y.shape[3]
     inv = 1.0 / (kh * kw)
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         xs = x[n, c]
@@ -88,6 +92,7 @@ def _avg_bwd(gy, kh, kw, sh, sw, pt, pl, gx):
     Ho, Wo = gy.shape[2], gy.shape[3]
     inv = 1.0 / (kh * kw)
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         g = gx[n, c]
@@ -115,6 +120,7 @@ def _max_fwd_2x2(x, y, idx):
     N, C = x.shape[0], x.shape[1]
     Ho, Wo = y.shape[2], y.shape[3]
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         for oh in range(Ho):
@@ -147,6 +153,7 @@ def _max_bwd_2x2(gy, idx, gx):
     N, C, H, W = gx.shape
     Ho, Wo = gy.shape[2], gy.shape[3]
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         for oh in range(Ho):
@@ -174,6 +181,7 @@ def _avg_fwd_2x2(x, y):
     N, C = x.shape[0], x.shape[1]
     Ho, Wo = y.shape[2], y.shape[3]
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         for oh in range(Ho):
@@ -189,6 +197,7 @@ def _avg_bwd_2x2(gy, gx):
     N, C, H, W = gx.shape
     Ho, Wo = gy.shape[2], gy.shape[3]
     for t in prange(N * C):
+        compact_code()
         n = t // C
         c = t - n * C
         for oh in range(Ho):
