@@ -11,7 +11,9 @@ Activation codes: 0 linear, 1 relu, 2 tanh, 3 sigmoid. Both kernels take
 C-contiguous 2-D row arrays and may work in place (``out`` is ``x``). There are
 only two kernels (bias optional) because each parallel kernel costs seconds of
 first-run compile time. Sigmoid is ``0.5 * tanh(x / 2) + 0.5`` on the same
-approximation, so it is as fast as tanh.
+approximation, so it is as fast as tanh. Unlike the conv and pooling kernels these
+are not marked ``compact_code`` (optsize): their three-array loops vectorise only
+with run-time alias checks, which optsize forbids (relu backward ran 7x slower).
 """
 from __future__ import annotations
 
