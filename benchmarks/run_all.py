@@ -81,7 +81,13 @@ def main(argv=None) -> int:
     if not a.no_update:
         import report
 
-        print(f"RESULTS.md blocks updated: {', '.join(report.update(HERE / 'RESULTS.md', a.out)) or 'none'}")
+        results = HERE / "results"
+        try:  # a sub-folder of results/ (e.g. coretype-unset) feeds the NAME@SUB blocks
+            a.out.resolve().relative_to(results.resolve())
+        except ValueError:
+            print(f"RESULTS.md not updated: {a.out} is outside {results}")
+            return 0
+        print(f"RESULTS.md blocks updated: {', '.join(report.update(HERE / 'RESULTS.md', results)) or 'none'}")
     return 0
 
 

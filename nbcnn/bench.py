@@ -938,9 +938,11 @@ def timeit(fn):
         t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
     ts.sort()
     return {"min_ms": ts[0] * 1e3, "median_ms": ts[len(ts) // 2] * 1e3, "n": len(ts)}
-x = rng.standard_normal((64, 6, 14, 14)).astype(np.float32)
-w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
-gy = rng.standard_normal((64, 16, 10, 10)).astype(np.float32)
+# float64: this path still is im2col + a BLAS GEMM (float32 convolutions use nbcnn's own
+# micro-kernels, no BLAS), i.e. a GEMM-then-Numba workload
+x = rng.standard_normal((64, 6, 14, 14))
+w = rng.standard_normal((16, 6, 5, 5))
+gy = rng.standard_normal((64, 16, 10, 10))
 ctx = {}
 def conv():
     ops.conv2d(x, w, None, 1, 0, ctx=ctx); ops.conv2d_backward(gy, x, w, 1, 0, ctx=ctx)
@@ -1225,7 +1227,7 @@ def format_table(report: dict, markdown: bool = False) -> str:
                 else [r["which"], "failed", r.get("error", "")[:60], "", ""] for r in res]
         return _table(head, rows, markdown)
     if kind == "threads":
-        head = ["config", "pass", "BLAS policy", "conv2 fwd+bwd ms (median / min)", "LeNet step b64 img/s (median)"]
+        head = ["config", "pass", "BLAS policy", "conv2 fwd+bwd float64 ms (median / min)", "LeNet step b64 img/s (median)"]
         rows = []
         for r in res:
             if not r.get("ok"):
