@@ -26,32 +26,36 @@ _BLOCK = 16384
 
 @njit(parallel=True, cache=True)
 def _sgd_kernel(p, g, v, lo, hi, lr, mom, wd, nesterov):
+    """In-place SGD step on p[lo:hi]. Blocks are sliced so every loop indexes from 0:
+    offset indexing (p[i] for i in range(s, e)) kept LLVM from vectorising (6x slower)."""
     n = hi - lo
     nb = (n + _BLOCK - 1) // _BLOCK
     for b in prange(nb):
         compact_code()
         s = lo + b * _BLOCK
         e = min(s + _BLOCK, hi)
+        ps, gs, vs = p[s:e], g[s:e], v[s:e]
         if mom == 0:
-            for i in range(s, e):
-                gi = g[i] + wd * p[i]
-                p[i] -= lr * gi
+            for i in range(e - s):
+                ps[i] -= lr * (gs[i] + wd * ps[i])
         elif nesterov:
-            for i in range(s, e):
-                gi = g[i] + wd * p[i]
-                vi = mom * v[i] + gi
-                v[i] = vi
-                p[i] -= lr * (gi + mom * vi)
+            for i in range(e - s):
+                gi = gs[i] + wd * ps[i]
+                vi = mom * vs[i] + gi
+                vs[i] = vi
+                ps[i] -= lr * (gi + mom * vi)
         else:
-            for i in range(s, e):
-                gi = g[i] + wd * p[i]
-                vi = mom * v[i] + gi
-                v[i] = vi
-                p[i] -= lr * vi
+            for i in range(e - s):
+                gi = gs[i] + wd * ps[i]
+                vi = mom * vs[i] + gi
+                vs[i] = vi
+                ps[i] -= lr * vi
 
 
 @njit(parallel=True, cache=True)
 def _adam_kernel(p, g, m, v, lo, hi, lr_c, b1, b2, eps_c, wd):
+    """In-place Adam step on p[lo:hi] (bias corrections folded into lr_c, eps_c by the caller);
+    blocks sliced to index from 0, as in _sgd_kernel (Adam: 92 -> 15 us on LeNet-5)."""
     n = hi - lo
     nb = (n + _BLOCK - 1) // _BLOCK
     one = b1 - b1 + 1
@@ -59,13 +63,14 @@ def _adam_kernel(p, g, m, v, lo, hi, lr_c, b1, b2, eps_c, wd):
         compact_code()
         s = lo + b * _BLOCK
         e = min(s + _BLOCK, hi)
-        for i in range(s, e):
-            gi = g[i] + wd * p[i]
-            mi = b1 * m[i] + (one - b1) * gi
-            vi = b2 * v[i] + (one - b2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] -= lr_c * mi / (np.sqrt(vi) + eps_c)
+        ps, gs, ms, vs = p[s:e], g[s:e], m[s:e], v[s:e]
+        for i in range(e - s):
+            gi = gs[i] + wd * ps[i]
+            mi = b1 * ms[i] + (one - b1) * gi
+            vi = b2 * vs[i] + (one - b2) * gi * gi
+            ms[i] = mi
+            vs[i] = vi
+            ps[i] -= lr_c * mi / (np.sqrt(vi) + eps_c)
 
 
 # ----------------------------------------------------------------------------------------------
