@@ -914,7 +914,7 @@ def run_memory(steps: int = 30, threads: int = 2, compare="auto", timeout: float
 
 
 # Child: the OpenBLAS-vs-Numba thread fight. A GEMM-then-Numba pattern (LeNet conv2
-# forward+backward by im2col + BLAS, and a LeNet-5 training step when the zoo exists)
+# forward+backward in float64, im2col + BLAS, and a LeNet-5 training step when the zoo exists)
 # under several import orders / environments.
 _THREADS = r"""
 import json, sys, time

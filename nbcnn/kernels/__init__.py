@@ -13,7 +13,7 @@ padding as ``(top, bottom, left, right)``, stride as ``(sh, sw)``)::
     avg_pool2d_backward(gy, x_shape, size, stride, pads) -> gx
 
 ``ctx`` is an optional dict owned by the caller (a layer): the forward may
-store what its backward can reuse (im2col columns, argmax indices). Its
+store what its backward can reuse (the padded input, argmax indices). Its
 contents are private to the backend. Callers pass the backward the very
 same ``x`` object the forward got. A backend must reuse ctx only when the
 shapes match; the CPU backend also checks ``ctx["x"] is x`` and otherwise
