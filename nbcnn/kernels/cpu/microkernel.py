@@ -84,6 +84,23 @@ def _splat(builder, scalar, vt):
     return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
 
 
+def _phis(builder, ty, incoming):
+    """One phi of type ty per entry of incoming: a list of [(value, block), ...]."""
+    out = []
+    for pairs in incoming:
+        p = builder.phi(ty)
+        for value, block in pairs:
+            p.add_incoming(value, block)
+        out.append(p)
+    return out
+
+
+def _close(phis, values, block):
+    """Add the loop-back edge (values from block) to phis."""
+    for p, v in zip(phis, values):
+        p.add_incoming(v, block)
+
+
 def _fma(builder, vt):
     fnty = ir.FunctionType(vt, [vt, vt, vt])
     return cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v%df32" % vt.count)
@@ -119,13 +136,8 @@ def mk_outer(typingctx, A, a0, B, offs, b0, K, C, c0, ldc):
         builder.cbranch(builder.icmp_signed(">", K_, _c(0)), loop, done)
 
         builder.position_at_end(loop)
-        k = builder.phi(_I64)
-        k.add_incoming(_c(0), entry)
-        acc = []
-        for _ in range(MR * NV):
-            p = builder.phi(vt)
-            p.add_incoming(zero, entry)
-            acc.append(p)
+        k, = _phis(builder, _I64, [[(_c(0), entry)]])
+        acc = _phis(builder, vt, [[(zero, entry)]] * (MR * NV))
         bp = builder.gep(bp0, [builder.load(builder.gep(op0, [k]))])
         bv = [_vec_load(builder, builder.gep(bp, [_c(v * VL)]), vt) for v in range(NV)]
         ak = builder.gep(ap0, [builder.mul(k, _c(MR))])
@@ -136,18 +148,11 @@ def mk_outer(typingctx, A, a0, B, offs, b0, K, C, c0, ldc):
                 new.append(builder.call(fma, [a, bv[v], acc[i * NV + v]]))
         k1 = builder.add(k, _c(1))
         tail = builder.block
-        k.add_incoming(k1, tail)
-        for p, n in zip(acc, new):
-            p.add_incoming(n, tail)
+        _close([k] + acc, [k1] + new, tail)
         builder.cbranch(builder.icmp_signed("<", k1, K_), loop, done)
 
         builder.position_at_end(done)
-        res = []
-        for s in range(MR * NV):
-            r = builder.phi(vt)
-            r.add_incoming(zero, entry)
-            r.add_incoming(new[s], tail)
-            res.append(r)
+        res = _phis(builder, vt, [[(zero, entry), (n, tail)] for n in new])
         for i in range(MR):
             row = builder.gep(cp0, [builder.mul(ldc_, _c(i))])
             for v in range(NV):
@@ -205,50 +210,30 @@ def mk_dot(typingctx, A, a0, aoffs, astride, B, b0, boffs, bstride, nimg, L, O, 
         # outer loop over segments (images): their base pointers; the inner loop is a plain
         # counted loop (a flat loop with per-iteration segment selects ran ~35% slower)
         builder.position_at_end(seg)
-        sidx = builder.phi(_I64)
-        sidx.add_incoming(_c(0), entry)
-        sacc = []
-        for _ in range(MD * ND):
-            p = builder.phi(vt)
-            p.add_incoming(zero, entry)
-            sacc.append(p)
+        sidx, = _phis(builder, _I64, [[(_c(0), entry)]])
+        sacc = _phis(builder, vt, [[(zero, entry)]] * (MD * ND))
         abase = [builder.gep(r, [builder.mul(sidx, as_)]) for r in arow]
         bbase = [builder.gep(r, [builder.mul(sidx, bs_)]) for r in brow]
         builder.branch(loop)
 
         builder.position_at_end(loop)
-        q = builder.phi(_I64)
-        q.add_incoming(_c(0), seg)
-        acc = []
-        for t in range(MD * ND):
-            p = builder.phi(vt)
-            p.add_incoming(sacc[t], seg)
-            acc.append(p)
+        q, = _phis(builder, _I64, [[(_c(0), seg)]])
+        acc = _phis(builder, vt, [[(a, seg)] for a in sacc])
         qv = builder.mul(q, _c(VL))
         av = [_vec_load(builder, builder.gep(r, [qv]), vt) for r in abase]
         bv = [_vec_load(builder, builder.gep(r, [qv]), vt) for r in bbase]
         new = [builder.call(fma, [av[i], bv[j], acc[i * ND + j]]) for i in range(MD) for j in range(ND)]
         q1 = builder.add(q, _c(1))
-        inner_end = builder.block
-        q.add_incoming(q1, inner_end)
-        for p, n in zip(acc, new):
-            p.add_incoming(n, inner_end)
+        _close([q] + acc, [q1] + new, builder.block)
         builder.cbranch(builder.icmp_signed("<", q1, L_), loop, latch)
 
         builder.position_at_end(latch)
         s1 = builder.add(sidx, _c(1))
-        sidx.add_incoming(s1, latch)
-        for p, n in zip(sacc, new):
-            p.add_incoming(n, latch)
+        _close([sidx] + sacc, [s1] + new, latch)
         builder.cbranch(builder.icmp_signed("<", s1, nimg_), seg, done)
 
         builder.position_at_end(done)
-        res = []
-        for t in range(MD * ND):
-            r = builder.phi(vt)
-            r.add_incoming(zero, entry)
-            r.add_incoming(new[t], latch)
-            res.append(r)
+        res = _phis(builder, vt, [[(zero, entry), (n, latch)] for n in new])
         for i in range(MD):
             row = builder.gep(op0, [builder.mul(ldo_, _c(i))])
             for j in range(ND):
@@ -265,42 +250,16 @@ def mk_dot(typingctx, A, a0, aoffs, astride, B, b0, boffs, bstride, nimg, L, O, 
 # ----------------------------------------------------------------------------------------
 
 def _row_op(builder, n_, ptrs, body):
-    """Run body(builder, vector_ptrs, mask_or_None, masked_load, masked_store) over n_ floats."""
+    """Run body(vector_ptrs, mask_or_None) over n_ floats from each of ptrs: full vectors, then one
+    masked vector for the tail (mask = (mask, masked_load, masked_store))."""
     vt = ir.VectorType(_F32, VL)
-    mt = ir.VectorType(ir.IntType(1), VL)
-    i32 = ir.IntType(32)
-    mload = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vt, [vt.as_pointer(), i32, mt, vt]), "llvm.masked.load.v%df32.p0" % VL)
-    mstore = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, mt]), "llvm.masked.store.v%df32.p0" % VL)
-    nfull = builder.sdiv(n_, _c(VL))
-    entry = builder.block
-    loop = builder.append_basic_block("row_loop")
-    tail = builder.append_basic_block("row_tail")
-    done = builder.append_basic_block("row_done")
-    builder.cbranch(builder.icmp_signed(">", nfull, _c(0)), loop, tail)
+    mload, mstore = _masked_fns(builder, vt)
 
-    def vptrs(off):
-        return [builder.bitcast(builder.gep(p, [off]), vt.as_pointer()) for p in ptrs]
+    def step(off, rem):
+        vptrs = [builder.bitcast(builder.gep(p, [off]), vt.as_pointer()) for p in ptrs]
+        body(vptrs, None if rem is None else (_lane_mask(builder, rem, VL), mload, mstore))
 
-    builder.position_at_end(loop)
-    i = builder.phi(_I64)
-    i.add_incoming(_c(0), entry)
-    body(vptrs(builder.mul(i, _c(VL))), None)
-    i1 = builder.add(i, _c(1))
-    i.add_incoming(i1, builder.block)
-    builder.cbranch(builder.icmp_signed("<", i1, nfull), loop, tail)
-
-    builder.position_at_end(tail)
-    base = builder.mul(nfull, _c(VL))
-    rem = builder.sub(n_, base)
-    it = ir.VectorType(_I64, VL)
-    remv = builder.insert_element(ir.Constant(it, ir.Undefined), rem, ir.Constant(i32, 0))
-    remv = builder.shuffle_vector(remv, ir.Constant(it, ir.Undefined), ir.Constant(ir.VectorType(i32, VL), [0] * VL))
-    mask = builder.icmp_signed("<", ir.Constant(it, list(range(VL))), remv)
-    body(vptrs(base), (mask, mload, mstore))
-    builder.branch(done)
-    builder.position_at_end(done)
+    _pair_op(builder, n_, step)
 
 
 def _load(builder, p, m):
