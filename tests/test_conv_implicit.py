@@ -256,3 +256,27 @@ def test_avx2_tile_shape_in_a_subprocess(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_small_batches_split_tiles_across_threads_with_identical_results():
+    """N < threads runs one task per (image, tile): bitwise the same as the per-image path."""
+    import numba
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, MR + 1, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((MR + 3, MR + 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(MR + 3).astype(np.float32)
+    full = ops.conv2d(x, w, b, 1, 1)                       # 3 images: the per-image path (2 threads)
+    np.testing.assert_allclose(full, ref.conv2d(x, w, b, (1, 1), (1, 1, 1, 1)), rtol=1e-5, atol=1e-4)
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        one = ops.conv2d(x[1:2], w, b, 1, 1)               # N = 1 < 2 threads: split tiles
+        numba.set_num_threads(1)
+        serial = ops.conv2d(x[1:2], w, b, 1, 1)            # 1 thread: the per-image path
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one[0], full[1])
+    np.testing.assert_array_equal(one, serial)

@@ -103,6 +103,29 @@ def _forward(xb, img, offs, wp, R, bias, Kp, Ppad, Wq, ybuf, y):
                 vcopy(yf, ((n * K + k) * Ho + oh) * Wo, yb, k * Ppad + oh * Wq, Wo, bias[k])
 
 
+@njit(parallel=True, cache=True)
+def _forward_few(xb, img, offs, wp, R, bias, Kp, Ppad, Wq, yball, y):
+    """_forward for batches smaller than the thread count (e.g. one image at inference):
+    one task per (image, column tile) into a per-image buffer, then crop + bias per plane."""
+    N, K, Ho, Wo = y.shape
+    nmb = Kp // MR
+    nj = Ppad // NR
+    yf = y.reshape(N * K * Ho * Wo)
+    for t in prange(N * nj):
+        compact_code()
+        n = t // nj
+        jb = t - n * nj
+        yb = yball[n]
+        for ib in range(nmb):
+            mk_outer(wp, ib * R * MR, xb, offs, n * img + jb * NR, R, yb, ib * MR * Ppad + jb * NR, Ppad)
+    for t in prange(N * K):
+        compact_code()
+        n = t // K
+        k = t - n * K
+        for oh in range(Ho):
+            vcopy(yf, (t * Ho + oh) * Wo, yball[n], k * Ppad + oh * Wq, Wo, bias[k])
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def _gy_flat(gy, Wq, Pv, Kl, gyb, gb):
     """gyb[k, n*Pv + oh*Wq + ow] = gy[n, k, oh, ow]; zero in the junk columns, the Pv padding and the slack.
@@ -337,6 +360,10 @@ def forward(x, w, b, stride, pads, ctx=None):
     wp, Kp = _pack_rows(w.reshape(g.K, g.R))
     bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
     y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
+    if 0 < g.N < get_num_threads():  # too few images to keep every thread busy: split the tiles
+        yball = scratch("mk_yfew", (g.N, _up(Kp * g.Ppad, 64)), np.float32)
+        _forward_few(xb, g.img, g.offs, wp, g.R, bias, Kp, g.Ppad, g.Wq, yball, y)
+        return y
     ybuf = _threads_buf("mk_y", Kp * g.Ppad)
     _forward(xb, g.img, g.offs, wp, g.R, bias, Kp, g.Ppad, g.Wq, ybuf, y)
     return y
