@@ -7,14 +7,18 @@ offset (output rows are computed at the phase-plane width ``Wq``; the
 ``Wq - Wo`` junk columns are dropped), so the micro-kernels read the padded
 input directly through an offset table:
 
-* forward: per image, ``Y = W @ col`` with ``mk_outer`` tiles, then crop + bias;
-* weight gradient: ``gW = gY @ col^T`` as ``mk_dot`` tiles (dot products
-  along the output positions), one task per block of filters;
-* input gradient, stride 1: the forward kernel again, on the output gradient
-  embedded in a zero border with the flipped, transposed filters ("full"
-  correlation), cropped to the unpadded input;
-* input gradient, stride > 1: per image ``gcol = W^T @ gY`` with ``mk_outer``
-  into a per-thread buffer, then a gather into the phase planes.
+* forward: per image, ``Y = W @ col`` with ``mk_outer`` tiles, then crop + bias
+  (batches smaller than the thread count split the tiles instead);
+* weight gradient: ``gW = gY @ col^T`` as ``mk_dot`` tiles (dot products along
+  the output positions); each thread owns a range of filter blocks and reads
+  every image group once; the bias gradient comes with the gy re-layout;
+* input gradient, C >= MR: per stride phase (a, b) of the padded input, a
+  stride-1 "full" correlation of gy with the flipped sub-filter
+  ``w[:, :, a::sh, b::sw]`` (``mk_outer`` again; stride 1 is one phase),
+  scattered into gx;
+* input gradient, C < MR (LeNet conv1/conv2, AlexNet conv1): those tiles would
+  be mostly empty rows, so per image ``gcol = W^T @ gY`` with ``mk_outer`` and
+  a gather into the phase planes.
 
 Every parallel loop writes disjoint outputs (one image, or one block of
 filters, per task) and each sum has a fixed order, so results are identical
