@@ -57,37 +57,22 @@ def _tanh(v):
 
 
 @njit(inline="always")
-def _fwd_block(x, out, lo, hi, code):
+def _fwd_row(a, code):
+    """a = act(a) in place. In place on purpose: with separate input and output
+    arguments that alias (the layers' usual out = x), LLVM's run-time overlap check
+    fails and the loop runs scalar (measured: tanh 8x slower); callers with a
+    separate output copy the input into it first."""
+    n = a.shape[0]
     if code == 1:
-        for i in range(lo, hi):
-            v = x[i]
-            out[i] = v if v > 0 else np.float32(0)
-    elif code == 2:
-        for i in range(lo, hi):
-            out[i] = _tanh(x[i])
-    elif code == 3:
-        half = np.float32(0.5)
-        for i in range(lo, hi):
-            out[i] = half * _tanh(half * x[i]) + half
-    else:
-        for i in range(lo, hi):
-            out[i] = x[i]
-
-
-@njit(inline="always")
-def _fwd_block_inplace(a, lo, hi, code):
-    """_fwd_block with out = x. A separate body because with two array arguments that alias,
-    LLVM's run-time overlap check fails and the loop runs scalar (measured: tanh 8x slower)."""
-    if code == 1:
-        for i in range(lo, hi):
+        for i in range(n):
             v = a[i]
             a[i] = v if v > 0 else np.float32(0)
     elif code == 2:
-        for i in range(lo, hi):
+        for i in range(n):
             a[i] = _tanh(a[i])
     elif code == 3:
         half = np.float32(0.5)
-        for i in range(lo, hi):
+        for i in range(n):
             a[i] = half * _tanh(half * a[i]) + half
 
 
@@ -127,11 +112,11 @@ def act_forward(x, b, out, code):
             src = x[r]
             for j in range(M):
                 orow[j] = src[j] + b[j]
-            _fwd_block_inplace(orow, 0, M, code)
-        elif inplace:
-            _fwd_block_inplace(orow, 0, M, code)
-        else:
-            _fwd_block(x[r], orow, 0, M, code)
+        elif not inplace:
+            src = x[r]
+            for j in range(M):
+                orow[j] = src[j]
+        _fwd_row(orow, code)
 
 
 @njit(parallel=True, cache=True)
