@@ -74,6 +74,11 @@ def output_size(n: int, f: int, pad_before: int, pad_after: int, s: int) -> int:
     return (n + pad_before + pad_after - f) // s + 1
 
 
+def phase_plane_size(n: int, pad_before: int, pad_after: int, s: int) -> int:
+    """Length of each of the s stride phases of a padded axis: ceil((n + pads) / s)."""
+    return -(-(n + pad_before + pad_after) // s)
+
+
 def conv_output_size(n: int, f: int, padding=0, stride: int = 1) -> int:
     """Output length of a convolution or pooling: floor((n + 2p - f) / s) + 1.
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..geometry import output_size, phase_plane_size
 from . import conv_implicit
 from .pad import pad2d
 from .scratch import scratch
@@ -286,8 +287,8 @@ def _geometry(x_shape, w_shape, stride, pads):
     K, _, kh, kw = w_shape
     sh, sw = stride
     pt, pb, pl, pr = pads
-    Ho = (H + pt + pb - kh) // sh + 1
-    Wo = (W + pl + pr - kw) // sw + 1
+    Ho = output_size(H, kh, pt, pb, sh)
+    Wo = output_size(W, kw, pl, pr, sw)
     return N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo
 
 
@@ -320,7 +321,7 @@ def chunk_size(N, R, P, itemsize) -> int:
 def _phase_geometry(H, W, sh, sw, pads):
     """Height and width of the stride-phase planes of the padded input."""
     pt, pb, pl, pr = pads
-    return -(-(H + pt + pb) // sh), -(-(W + pl + pr) // sw)
+    return phase_plane_size(H, pt, pb, sh), phase_plane_size(W, pl, pr, sw)
 
 
 def _phases(x, stride, pads):

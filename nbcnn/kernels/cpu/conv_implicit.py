@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import config, get_num_threads, get_thread_id, njit, prange
 
+from ..geometry import output_size, phase_plane_size
 from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
 from .scratch import scratch
 
@@ -308,10 +309,8 @@ class Geometry:
         pt, pb, pl, pr = pads
         self.N, self.C, self.H, self.W, self.K, self.kh, self.kw = N, C, H, W, K, kh, kw
         self.sh, self.sw, self.pt, self.pl = sh, sw, pt, pl
-        self.Ho = (H + pt + pb - kh) // sh + 1
-        self.Wo = (W + pl + pr - kw) // sw + 1
-        self.Hq = -(-(H + pt + pb) // sh)
-        self.Wq = -(-(W + pl + pr) // sw)
+        self.Ho, self.Wo = output_size(H, kh, pt, pb, sh), output_size(W, kw, pl, pr, sw)
+        self.Hq, self.Wq = phase_plane_size(H, pt, pb, sh), phase_plane_size(W, pl, pr, sw)
         S = sh * sw
         plane = self.Hq * self.Wq
         self.img = C * S * plane
