@@ -645,34 +645,29 @@ class Activation(Layer):
         return cfg
 
 
-class ReLU(Activation):
+class _NamedActivation(Activation):
+    """An Activation whose function is fixed by the class (``base_name``)."""
+
+    def __init__(self, name=None, input_shape=None, trainable=True):
+        super().__init__(self.base_name, name=name, input_shape=input_shape, trainable=trainable)
+
+
+class ReLU(_NamedActivation):
     base_name = "relu"
 
-    def __init__(self, name=None, input_shape=None, trainable=True):
-        super().__init__("relu", name=name, input_shape=input_shape, trainable=trainable)
 
-
-class Tanh(Activation):
+class Tanh(_NamedActivation):
     base_name = "tanh"
 
-    def __init__(self, name=None, input_shape=None, trainable=True):
-        super().__init__("tanh", name=name, input_shape=input_shape, trainable=trainable)
 
-
-class Sigmoid(Activation):
+class Sigmoid(_NamedActivation):
     base_name = "sigmoid"
 
-    def __init__(self, name=None, input_shape=None, trainable=True):
-        super().__init__("sigmoid", name=name, input_shape=input_shape, trainable=trainable)
 
-
-class Softmax(Activation):
+class Softmax(_NamedActivation):
     """Softmax over classes. Before a cross-entropy loss the model fuses it with the loss."""
 
     base_name = "softmax"
-
-    def __init__(self, name=None, input_shape=None, trainable=True):
-        super().__init__("softmax", name=name, input_shape=input_shape, trainable=trainable)
 
 
 _REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
