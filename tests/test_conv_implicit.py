@@ -280,3 +280,20 @@ def test_small_batches_split_tiles_across_threads_with_identical_results():
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one[0], full[1])
     np.testing.assert_array_equal(one, serial)
+
+
+def test_a_layer_ctx_keeps_its_padded_input_buffer_across_steps():
+    """The padded-input buffer is refilled in place each step, not reallocated."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    ctx = {}
+    x1 = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    ops.conv2d(x1, w, padding=1, ctx=ctx)
+    buf = ctx["mk_xb"]
+    x2 = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y2 = ops.conv2d(x2, w, padding=1, ctx=ctx)
+    assert ctx["mk_xb"] is buf
+    gy = rng.standard_normal(y2.shape).astype(np.float32)
+    for got, want in zip(ops.conv2d_backward(gy, x2, w, padding=1, ctx=ctx),
+                         ref.conv2d_backward(gy, x2, w, (1, 1), (1, 1, 1, 1))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

@@ -337,16 +337,19 @@ def _phases(x, stride, pads):
 
 def conv2d_forward(x, w, b, stride, pads, ctx=None):
     N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo = _geometry(x.shape, w.shape, stride, pads)
-    y = np.empty((N, K, Ho, Wo), dtype=x.dtype)
     key = (x.shape, w.shape, stride, pads)
     old_col = None
     if ctx is not None:
-        old_col = ctx.get("col")  # reused across steps: a fresh buffer costs page faults
+        # buffers reused across steps (a fresh one costs page faults); refilled below
+        old_col, old_xb = ctx.get("col"), ctx.get("mk_xb")
         ctx.clear()
         ctx["key"] = key
         ctx["x"] = x  # the backward reuses this work only for this very input
+        if old_xb is not None:
+            ctx["mk_xb"] = old_xb
     if x.dtype == np.float32:
         return conv_implicit.forward(x, w, b, stride, pads, ctx)
+    y = np.empty((N, K, Ho, Wo), dtype=x.dtype)
     if use_direct(x.shape, w.shape, stride):
         bias = b if b is not None else np.zeros(K, dtype=x.dtype)
         xp = pad2d(x, pads) if any(pads) else x
