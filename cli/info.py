@@ -78,20 +78,12 @@ def _blas() -> list[str]:
     return lines or ["none found by threadpoolctl"]
 
 
-def _blas_policy() -> str:
+def _policy(module: str, getter: str) -> str:
+    """What nbcnn's start-up configured (``nbcnn._threads.blas_policy`` ...); never raises."""
     try:
-        from nbcnn import _threads
+        import importlib
 
-        return _threads.blas_policy()
-    except Exception as exc:
-        return f"unknown ({exc})"
-
-
-def _malloc_policy() -> str:
-    try:
-        from nbcnn import _memory
-
-        return _memory.malloc_policy()
+        return getattr(importlib.import_module(f"nbcnn.{module}"), getter)()
     except Exception as exc:
         return f"unknown ({exc})"
 
@@ -174,8 +166,8 @@ def collect() -> dict:
         "numba_threads": numba.get_num_threads(),
         "threading_layer": _threading_layer(),
         "blas": _blas(),
-        "blas_policy": _blas_policy(),
-        "malloc_policy": _malloc_policy(),
+        "blas_policy": _policy("_threads", "blas_policy"),
+        "malloc_policy": _policy("_memory", "malloc_policy"),
         "gpu_usable": ok,
         "gpu_reason": why,
         "gpus": gpu.get("gpus", []),
