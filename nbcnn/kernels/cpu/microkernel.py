@@ -253,11 +253,10 @@ def _row_op(builder, n_, ptrs, body):
     """Run body(vector_ptrs, mask_or_None) over n_ floats from each of ptrs: full vectors, then one
     masked vector for the tail (mask = (mask, masked_load, masked_store))."""
     vt = ir.VectorType(_F32, VL)
-    mload, mstore = _masked_fns(builder, vt)
+    fns = _masked_fns(builder, vt)
 
     def step(off, rem):
-        vptrs = [builder.bitcast(builder.gep(p, [off]), vt.as_pointer()) for p in ptrs]
-        body(vptrs, None if rem is None else (_lane_mask(builder, rem, VL), mload, mstore))
+        body([builder.bitcast(builder.gep(p, [off]), vt.as_pointer()) for p in ptrs], _tail(builder, rem, fns))
 
     _pair_op(builder, n_, step)
 
@@ -381,6 +380,14 @@ def _pair_op(builder, n_, body):
     builder.position_at_end(done)
 
 
+def _tail(builder, rem, fns, scale=1, minus=0):
+    """The mask argument of _load/_store for lanes < rem*scale - minus (None: a full vector)."""
+    if rem is None:
+        return None
+    n = builder.sub(builder.mul(rem, _c(scale)), _c(minus))
+    return (_lane_mask(builder, n, VL),) + fns
+
+
 @intrinsic
 def vsplit2(typingctx, D, d0, e0, S, s0, n):
     """D[d0 + i] = S[s0 + 2i], D[e0 + i] = S[s0 + 2i + 1] for i < n: split even/odd columns (stride-2 phases)."""
@@ -390,39 +397,21 @@ def vsplit2(typingctx, D, d0, e0, S, s0, n):
         D_, d0_, e0_, S_, s0_, n_ = args
         vt = ir.VectorType(_F32, VL)
         i32 = ir.IntType(32)
-        mload, mstore = _masked_fns(builder, vt)
+        fns = _masked_fns(builder, vt)
         dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
         ep = _elem_ptr(context, builder, signature.args[0], D_, e0_)
         sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
-        zero = ir.Constant(vt, [0.0] * VL)
         even = ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)])
         odd = ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)])
-        four = ir.Constant(i32, 4)
 
         def body(off, rem):
             s = builder.gep(sp, [builder.mul(off, _c(2))])
-            p0 = builder.bitcast(s, vt.as_pointer())
-            p1 = builder.bitcast(builder.gep(s, [_c(VL)]), vt.as_pointer())
-            q0 = builder.bitcast(builder.gep(dp, [off]), vt.as_pointer())
-            q1 = builder.bitcast(builder.gep(ep, [off]), vt.as_pointer())
-            if rem is None:
-                a = builder.load(p0)
-                a.align = 4
-                b = builder.load(p1)
-                b.align = 4
-            else:
-                a = builder.call(mload, [p0, four, _lane_mask(builder, builder.mul(rem, _c(2)), VL), zero])
-                b = builder.call(mload, [p1, four, _lane_mask(builder, builder.sub(builder.mul(rem, _c(2)), _c(VL)), VL), zero])
-            ev = builder.shuffle_vector(a, b, even)
-            od = builder.shuffle_vector(a, b, odd)
-            if rem is None:
-                for v, q in ((ev, q0), (od, q1)):
-                    st = builder.store(v, q)
-                    st.align = 4
-            else:
-                m = _lane_mask(builder, rem, VL)
-                builder.call(mstore, [ev, q0, four, m])
-                builder.call(mstore, [od, q1, four, m])
+            a = _load(builder, builder.bitcast(s, vt.as_pointer()), _tail(builder, rem, fns, 2))
+            b = _load(builder, builder.bitcast(builder.gep(s, [_c(VL)]), vt.as_pointer()),
+                      _tail(builder, rem, fns, 2, VL))
+            m = _tail(builder, rem, fns)
+            _store(builder, builder.shuffle_vector(a, b, even), builder.bitcast(builder.gep(dp, [off]), vt.as_pointer()), m)
+            _store(builder, builder.shuffle_vector(a, b, odd), builder.bitcast(builder.gep(ep, [off]), vt.as_pointer()), m)
 
         _pair_op(builder, n_, body)
         return context.get_dummy_value()
@@ -439,39 +428,22 @@ def vjoin2(typingctx, D, d0, S, s0, e0, n):
         D_, d0_, S_, s0_, e0_, n_ = args
         vt = ir.VectorType(_F32, VL)
         i32 = ir.IntType(32)
-        mload, mstore = _masked_fns(builder, vt)
+        fns = _masked_fns(builder, vt)
         dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
         sp = _elem_ptr(context, builder, signature.args[2], S_, s0_)
         ep = _elem_ptr(context, builder, signature.args[2], S_, e0_)
-        zero = ir.Constant(vt, [0.0] * VL)
         lo = ir.Constant(ir.VectorType(i32, VL), [i // 2 + (VL if i % 2 else 0) for i in range(VL)])
         hi = ir.Constant(ir.VectorType(i32, VL), [VL // 2 + i // 2 + (VL if i % 2 else 0) for i in range(VL)])
-        four = ir.Constant(i32, 4)
 
         def body(off, rem):
-            p0 = builder.bitcast(builder.gep(sp, [off]), vt.as_pointer())
-            p1 = builder.bitcast(builder.gep(ep, [off]), vt.as_pointer())
+            m = _tail(builder, rem, fns)
+            a = _load(builder, builder.bitcast(builder.gep(sp, [off]), vt.as_pointer()), m)
+            b = _load(builder, builder.bitcast(builder.gep(ep, [off]), vt.as_pointer()), m)
             d = builder.gep(dp, [builder.mul(off, _c(2))])
-            q0 = builder.bitcast(d, vt.as_pointer())
-            q1 = builder.bitcast(builder.gep(d, [_c(VL)]), vt.as_pointer())
-            if rem is None:
-                a = builder.load(p0)
-                a.align = 4
-                b = builder.load(p1)
-                b.align = 4
-            else:
-                m = _lane_mask(builder, rem, VL)
-                a = builder.call(mload, [p0, four, m, zero])
-                b = builder.call(mload, [p1, four, m, zero])
-            x0 = builder.shuffle_vector(a, b, lo)
-            x1 = builder.shuffle_vector(a, b, hi)
-            if rem is None:
-                for v, q in ((x0, q0), (x1, q1)):
-                    st = builder.store(v, q)
-                    st.align = 4
-            else:
-                builder.call(mstore, [x0, q0, four, _lane_mask(builder, builder.mul(rem, _c(2)), VL)])
-                builder.call(mstore, [x1, q1, four, _lane_mask(builder, builder.sub(builder.mul(rem, _c(2)), _c(VL)), VL)])
+            _store(builder, builder.shuffle_vector(a, b, lo), builder.bitcast(d, vt.as_pointer()),
+                   _tail(builder, rem, fns, 2))
+            _store(builder, builder.shuffle_vector(a, b, hi), builder.bitcast(builder.gep(d, [_c(VL)]), vt.as_pointer()),
+                   _tail(builder, rem, fns, 2, VL))
 
         _pair_op(builder, n_, body)
         return context.get_dummy_value()
