@@ -8,12 +8,13 @@ import pytest
 from nbcnn import ops
 
 CASES = [
-    # (N, C, H, W, K, k, stride, padding): im2col, direct, strided, 1x1
+    # (N, C, H, W, K, k, stride, padding): im2col, direct, strided, 1x1, Winograd
     (4, 8, 12, 12, 6, 3, 1, 1),
     (8, 1, 14, 14, 4, 5, 1, 2),
     (3, 2, 11, 11, 5, 3, 1, 0),
     (4, 4, 13, 13, 6, 3, 2, 1),
     (4, 6, 9, 9, 5, 1, 1, 0),
+    (5, 16, 9, 11, 17, 3, 1, 1),    # float32: Winograd (chunks of tile rows, per-group partial sums)
 ]
 
 

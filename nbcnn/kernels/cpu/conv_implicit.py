@@ -34,6 +34,8 @@ from ..geometry import output_size, phase_plane_size
 from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
 from .scratch import scratch
 
+# imported at the end (winograd uses this module's fill and buffers)
+
 
 def _up(n: int, m: int) -> int:
     return -(-n // m) * m
@@ -322,7 +324,7 @@ class Geometry:
         self.Ppad = _up(self.Pc, NR)
         self.Pv = _up(self.Pc, VL)
         need = (N - 1) * self.img + self.Ppad + int(offs.max())
-        self.xb_len = max(N * self.img, need) + VL
+        self.xb_len = max(N * self.img + self.Wq, need) + VL   # + Wq: the Winograd tiles of an odd size
         self.boffs = np.concatenate([self.offs, np.full(_up(self.R, ND) - self.R, self.offs[-1])]).astype(np.int64)
 
 
@@ -365,6 +367,8 @@ def forward(x, w, b, stride, pads, ctx=None):
     else:
         xb = scratch("mk_xb", (g.xb_len,), np.float32)
     fill_phases(x, g, xb)
+    if winograd.applies(x.shape, w.shape, stride, pads):
+        return winograd.forward(xb, w, b, g)
     wp, Kp = _pack_rows(w.reshape(g.K, g.R))
     bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
     y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
@@ -385,6 +389,9 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
         xb = scratch("mk_xb", (g.xb_len,), np.float32)
         fill_phases(x, g, xb)
     gy = np.ascontiguousarray(gy)
+    if winograd.applies(x.shape, w.shape, stride, pads):
+        gw, gb = winograd.weight_grad(gy, xb, g)
+        return (winograd.input_grad(gy, w, g) if need_gx else None), gw, gb
     K, N = g.K, g.N
     Kl = N * g.Pv + NR  # slack: the gcol tiles of the last image read up to NR columns past it
     gyb = scratch("mk_gy", (K * Kl,), np.float32)
@@ -449,3 +456,6 @@ def _input_grad_plan(w, g):
     obuf = _threads_buf("mk_gout", sh * sw * Cp * Pgpad)
     return (np.concatenate(packs), wstart, offs, ostart, np.array(Rf, np.int64), np.array(u0, np.int64),
             np.array(u1, np.int64), Cp, sh, sw, g.pt, g.pl, Hb, Wb, kmh, kmw, Pgpad, gbuf, obuf)
+
+
+from . import winograd  # noqa: E402  (circular: winograd imports helpers from here)
