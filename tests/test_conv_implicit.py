@@ -20,7 +20,7 @@ from numba import njit
 import _reference as ref
 from nbcnn import ops
 from nbcnn.kernels.cpu import conv_implicit
-from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
+from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vsum, vzero
 from nbcnn.kernels.geometry import resolve_padding
 
 
@@ -112,6 +112,26 @@ def test_row_helpers_touch_exactly_n_floats(op, n):
 
 
 @njit
+def _sum(D, d0, S, s0, offs, o0, m, n):
+    vsum(D, d0, S, s0, offs, o0, m, n)
+
+
+@pytest.mark.parametrize("n", [0, 1, VL - 1, VL, VL + 1, 3 * VL + 5, 196])
+@pytest.mark.parametrize("m", [0, 1, 25])
+def test_vsum_adds_shifted_rows_in_order(m, n):
+    rng = np.random.default_rng(100 * m + n)
+    S = rng.standard_normal(2000).astype(np.float32)
+    offs = np.concatenate([[999], rng.integers(-40, 1500, size=m)]).astype(np.int64)   # offs[0] unused (o0 = 1)
+    D = np.full(n + 9, np.nan, np.float32)
+    _sum(D, 4, S, 60, offs, 1, m, n)
+    want = np.zeros(n, np.float32)
+    for t in range(m):                                    # the same float32 order: bitwise equal
+        want = want + S[60 + offs[1 + t]:60 + offs[1 + t] + n]
+    np.testing.assert_array_equal(D[4:4 + n], want)
+    assert np.isnan(D[:4]).all() and np.isnan(D[4 + n:]).all()
+
+
+@njit
 def _split(D, d0, e0, S, s0, n):
     vsplit2(D, d0, e0, S, s0, n)
 
@@ -157,6 +177,9 @@ EDGE_CASES = [
     (2, MR, 11, 12, 5, 3, 3, 2, 1),                 # strided 3x3, sub-filters 2x2/2x1/1x2/1x1
     (1, MR + 3, 13, 11, 4, 5, 3, (2, 3), "same"),   # sh != sw, asymmetric pads
     (2, MR, 9, 9, 3, 1, 1, 2, 1),                   # 1x1 stride 2: phases without any tap
+    (2, MR, 10, 11, 4, 3, 3, 2, 0),                 # stride 2, even left pad (0), odd width
+    (1, MR, 9, 10, 3, 5, 5, 2, 2),                  # stride 2, even left pad (2)
+    (1, MR + 2, 9, 13, 3, 3, 3, 2, 1),              # stride 2, odd left pad, odd width
     (1, MR, 12, 13, 2, 3, 3, 3, 0),                 # stride 3 (generic phase split)
     (2, MR + 1, 9, 10, 6, 3, 3, 1, "same"),         # stride 1 with padding, shared row borders
 ]

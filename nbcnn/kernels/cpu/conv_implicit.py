@@ -31,7 +31,7 @@ import numpy as np
 from numba import config, get_num_threads, get_thread_id, njit, prange
 
 from ..geometry import output_size, phase_plane_size
-from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vzero
+from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vcopy, vjoin2, vsplit2, vsum, vzero
 from .scratch import scratch
 
 # imported at the end (winograd uses this module's fill and buffers)
@@ -45,8 +45,9 @@ def _up(n: int, m: int) -> int:
 def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
     """xb[((n*C + c)*S + a*sw + b)*Hq*Wq + u*Wq + v] = xpad[n, c, u*sh + a, v*sw + b] (0 outside x); slack zeroed.
 
-    Stride sw > 1: each padded row is built once in a small buffer and split into
-    its sw column phases (sw == 2: vector shuffles; other strides: scalar loops).
+    Stride 2: each input row is split straight into its two column phases (vector
+    shuffles); other strides > 1 build the padded row in a small buffer and split it
+    with scalar loops.
     """
     N, C, H, W = x.shape
     S = sh * sw
@@ -74,15 +75,28 @@ def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
                     vcopy(xb, base + min(pl, Wq), xf, s0, v1 - min(pl, Wq), zero)
                     vzero(xb, base + v1, Wq - v1)
                     continue
+                if sw == 2:  # x column j is padded column j + pl = 2v + b: straight into the phases
+                    vzero(xb, base, Wq)
+                    vzero(xb, base + plane, Wq)
+                    q = pl // 2
+                    if pl % 2 == 0:   # x[2i] -> phase 0, x[2i + 1] -> phase 1, both at v = i + q
+                        npair = max(0, min(W // 2, Wq - q))
+                        vsplit2(xb, base + q, base + plane + q, xf, s0, npair)
+                    else:             # x[2i] -> phase 1 at v = i + q, x[2i + 1] -> phase 0 at v = i + q + 1
+                        npair = max(0, min(W // 2, Wq - q - 1))
+                        vsplit2(xb, base + plane + q, base + q + 1, xf, s0, npair)
+                    for j in range(2 * npair, W):   # an odd last column (or a pair cut by Wq)
+                        v = (j + pl) // 2
+                        if v >= Wq:
+                            break
+                        xb[base + (j + pl - 2 * v) * plane + v] = xf[s0 + j]
+                    continue
                 n_in = min(W, sw * Wq - pl)
                 vcopy(row, pl, xf, s0, n_in, zero)            # row[:pl] and row[pl + W:] stay 0
-                if sw == 2:
-                    vsplit2(xb, base, base + plane, row, 0, Wq)
-                else:
-                    for b in range(sw):
-                        d = xb[base + b * plane:base + b * plane + Wq]
-                        for v in range(Wq):
-                            d[v] = row[v * sw + b]
+                for b in range(sw):
+                    d = xb[base + b * plane:base + b * plane + Wq]
+                    for v in range(Wq):
+                        d[v] = row[v * sw + b]
     n0 = N * C * S * plane
     vzero(xb, n0, xb.shape[0] - n0)
 
@@ -229,38 +243,58 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
                     mk_outer(wfp, wstart[ph] + ib * Rf[ph] * MR, g, offs[ostart[ph]:], p0 + jb * NR, Rf[ph],
                              ob, o0 + ib * MR * Pgpad + jb * NR, Pgpad)
         # scatter: x row h is padded row h + pt = u*sh + a; its column phases b interleave
-        for c in range(C):
-            for h in range(H):
-                hp = h + pt
-                a = hp % sh
-                u = hp // sh
+        # (rows outer: the divisions once per row, not once per row and channel)
+        for h in range(H):
+            hp = h + pt
+            a = hp // sh
+            u = a
+            a = hp - u * sh
+            o_h = (u - u0[a * sw]) * Wb                           # row u in every phase (a, b)
+            for c in range(C):
                 d0 = ((n * C + c) * H + h) * W
-                o = c * Pgpad + (u - u0[a * sw]) * Wb             # row u in every phase (a, b)
+                o = c * Pgpad + o_h
                 if sw == 1:  # contiguous: one vector copy
                     vcopy(gxf, d0, ob, a * Cp * Pgpad + o + pl, W, zero)
-                    continue
-                if sw == 2:
-                    vjoin2(row, 0, ob, (a * 2) * Cp * Pgpad + o, (a * 2 + 1) * Cp * Pgpad + o, Wb)
+                elif sw == 2:  # gx[h, j] = padded column j + pl = 2v + b: phase b, v = (j + pl) // 2
+                    p0 = (a * 2) * Cp * Pgpad + o
+                    p1 = p0 + Cp * Pgpad
+                    if pl % 2 == 0:
+                        vjoin2(gxf, d0, ob, p0 + pl // 2, p1 + pl // 2, W // 2)
+                        if W % 2:
+                            gxf[d0 + W - 1] = ob[p0 + (W - 1 + pl) // 2]
+                    else:
+                        vjoin2(gxf, d0, ob, p1 + (pl - 1) // 2, p0 + (pl + 1) // 2, W // 2)
+                        if W % 2:
+                            gxf[d0 + W - 1] = ob[p1 + (W - 1 + pl) // 2]
                 else:
                     for b in range(sw):
                         rb = ob[(a * sw + b) * Cp * Pgpad + o:(a * sw + b) * Cp * Pgpad + o + Wb]
                         for v in range(Wb):
                             row[v * sw + b] = rb[v]
-                vcopy(gxf, d0, row, pl, W, zero)
+                    vcopy(gxf, d0, row, pl, W, zero)
 
 
 @njit(parallel=True, cache=True)
-def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, Wo, pt, pl, Pr,
-                        cbuf, pbuf, gx):
+def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, Wo, pt, pl, Pr, ML, Prr,
+                     toffs, tstart, tcount, cbuf, pbuf, gx):
     """Few input channels: per image gcol = W^T @ gY (mk_outer, M = C*kh*kw fills the tiles), then a
-    gather into the phase planes, cropped into gx. One task per image."""
+    gather into the phase planes, cropped into gx. One task per image.
+
+    gcol rows are Prr floats: ML zeros, the Pr computed columns, zeros up to the plane
+    size, so each phase plane is one ``vsum`` of its taps' rows at their shifts
+    (taps of phase ph: toffs[tstart[ph]:tstart[ph] + tcount[ph]]).
+    """
     N, C, H, W = gx.shape
     nmb = Rp // MR
     nj = Pr // NR
     HW = Hq * Wq
-    L = (Ho - 1) * Wq + Wo
+    R = kh * kw
     gxf = gx.reshape(N * C * H * W)
     zero = np.float32(0)
+    for t in range(cbuf.shape[0]):       # the margins: never written below, zero for the whole call
+        for r in range(Rp):
+            vzero(cbuf[t], r * Prr, ML)
+            vzero(cbuf[t], r * Prr + ML + Pr, Prr - ML - Pr)
     for n in prange(N):
         compact_code()
         tid = get_thread_id()
@@ -268,13 +302,13 @@ def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, 
         buf = pbuf[tid]
         for jb in range(nj):
             for ib in range(nmb):
-                mk_outer(wtp, ib * K * MR, gyb, offs, n * Pv + jb * NR, K, gc, ib * MR * Pr + jb * NR, Pr)
+                mk_outer(wtp, ib * K * MR, gyb, offs, n * Pv + jb * NR, K, gc, ib * MR * Prr + ML + jb * NR, Prr)
+        if Pr > Pv:  # those columns read the next image's gy
+            for r in range(Rp):
+                vzero(gc, r * Prr + ML + Pv, Pr - Pv)
         for c in range(C):
-            vzero(buf, 0, buf.shape[0])
-            for i in range(kh):
-                for j in range(kw):
-                    r = (c * kh + i) * kw + j
-                    vadd(buf, ((i % sh) * sw + j % sw) * HW + (i // sh) * Wq + j // sw, gc, r * Pr, L)
+            for ph in range(sh * sw):
+                vsum(buf, ph * HW, gc, c * R * Prr + ML, toffs, tstart[ph], tcount[ph], HW)
             for h in range(H):
                 hp = h + pt
                 a = hp % sh
@@ -326,6 +360,7 @@ class Geometry:
         need = (N - 1) * self.img + self.Ppad + int(offs.max())
         self.xb_len = max(N * self.img + self.Wq, need) + VL   # + Wq: the Winograd tiles of an odd size
         self.boffs = np.concatenate([self.offs, np.full(_up(self.R, ND) - self.R, self.offs[-1])]).astype(np.int64)
+        self.memo = {}   # tables of the backward paths, built on first use (Python loops: 20-80 us each)
 
 
 _GEOMETRIES: dict = {}
@@ -415,47 +450,82 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
         wtp, Rp = _pack_rows(np.ascontiguousarray(w.reshape(K, g.R).T))
         offs = (np.arange(K) * Kl).astype(np.int64)
         Pr = _up(g.Pv, NR)
-        cbuf = _threads_buf("mk_gcol", Rp * Pr)
+        taps = g.memo.get("gcol")
+        if taps is None:
+            taps = g.memo["gcol"] = _gcol_taps(g, Pr)
+        cbuf = _threads_buf("mk_gcol", Rp * taps[1])
         pbuf = _threads_buf("mk_planes", g.sh * g.sw * g.Hq * g.Wq)
         _input_grad_gcol(gyb, Kl, g.Pv, wtp, K, Rp, offs, g.kh, g.kw, g.sh, g.sw, g.Hq, g.Wq, g.Ho, g.Wo,
-                         g.pt, g.pl, Pr, cbuf, pbuf, gx)
+                         g.pt, g.pl, Pr, *taps, cbuf, pbuf, gx)
     else:
         _input_grad(gy, *_input_grad_plan(w, g), gx)
     return gx, gw, gb
 
 
-def _input_grad_plan(w, g):
-    """Packed flipped sub-filters, offset tables, row ranges and buffers of every stride phase."""
-    K, C, kh, kw, sh, sw = g.K, g.C, g.kh, g.kw, g.sh, g.sw
+def _gcol_taps(g, Pr):
+    """gcol row layout (left margin ML, row stride Prr) and the taps of each stride phase:
+    offsets (i*kw + j)*Prr - shift, shift = (i // sh)*Wq + j // sw, grouped by phase (i % sh, j % sw)."""
+    sh, sw, kh, kw, Wq = g.sh, g.sw, g.kh, g.kw, g.Wq
+    ML = ((kh - 1) // sh) * Wq + (kw - 1) // sw
+    Prr = _up(ML + max(Pr, g.Hq * g.Wq) + VL, 16)
+    toffs, tstart, tcount = [], [], []
+    for a in range(sh):
+        for b in range(sw):
+            tstart.append(len(toffs))
+            for i in range(a, kh, sh):
+                for j in range(b, kw, sw):
+                    toffs.append((i * kw + j) * Prr - ((i // sh) * Wq + j // sw))
+            tcount.append(len(toffs) - tstart[-1])
+    toffs.append(0)
+    return (ML, Prr, np.array(toffs, np.int64), np.array(tstart, np.int64), np.array(tcount, np.int64))
+
+
+def _input_grad_tables(g):
+    """The weight-independent part of the phase plan: sizes, offset tables and row ranges."""
+    K, kh, kw, sh, sw = g.K, g.kh, g.kw, g.sh, g.sw
     kmh, kmw = -(-kh // sh), -(-kw // sw)
     Hb = max(g.Ho + 2 * (kmh - 1), g.Hq + kmh - 1)
     # Rows of the embedded gradient share their zero borders: a read past the end of a row
     # lands in the next row's kmw - 1 leading zeros, so Wb = Wo + kmw - 1 suffices (not
     # Wo + 2*(kmw - 1)) as long as it covers the phase-plane width: 6-14% less work.
     Wb = max(g.Wo + kmw - 1, g.Wq)
-    packs, tabs, Rf, u0, u1 = [], [], [], [], []
+    tabs, Rf, u0, u1 = [], [], [], []
     for a in range(sh):
         for b in range(sw):
-            sub = w[:, :, a::sh, b::sw]                       # (K, C, kha, kwb), possibly empty
-            kha, kwb = sub.shape[2], sub.shape[3]
-            wf = sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, K * kha * kwb)
-            packed, Cp = _pack_rows(wf)
+            kha, kwb = len(range(a, kh, sh)), len(range(b, kw, sw))
             k, i, j = np.meshgrid(np.arange(K), np.arange(kha), np.arange(kwb), indexing="ij")
             tabs.append(((k * Hb + i + kmh - kha) * Wb + j + kmw - kwb).reshape(-1))
-            packs.append(packed)
             Rf.append(K * kha * kwb)
             u0.append(max(0, -((a - g.pt) // sh)))           # first u with u*sh + a - pt >= 0
             u1.append(min(g.Hq, (g.H - 1 + g.pt - a) // sh + 1))
-    wstart = np.cumsum([0] + [p.size for p in packs[:-1]]).astype(np.int64)
     ostart = np.cumsum([0] + [t.size for t in tabs[:-1]]).astype(np.int64)
     offs = np.concatenate(tabs + [np.zeros(1, np.int64)]).astype(np.int64)
     rows = max(1, max(hi - lo for lo, hi in zip(u0, u1)))
     Pgpad = _up(rows * Wb, NR)
     glen = max(K * Hb * Wb, max(lo for lo in u0) * Wb + Pgpad + int(offs.max())) + VL
+    return (offs, ostart, np.array(Rf, np.int64), np.array(u0, np.int64), np.array(u1, np.int64),
+            Hb, Wb, kmh, kmw, Pgpad, glen)
+
+
+def _input_grad_plan(w, g):
+    """Packed flipped sub-filters, offset tables, row ranges and buffers of every stride phase."""
+    K, C, sh, sw = g.K, g.C, g.sh, g.sw
+    t = g.memo.get("phases")
+    if t is None:
+        t = g.memo["phases"] = _input_grad_tables(g)
+    offs, ostart, Rf, u0, u1, Hb, Wb, kmh, kmw, Pgpad, glen = t
+    packs = []
+    for a in range(sh):
+        for b in range(sw):
+            sub = w[:, :, a::sh, b::sw]                       # (K, C, kha, kwb), possibly empty
+            wf = sub[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, K * sub.shape[2] * sub.shape[3])
+            packed, Cp = _pack_rows(wf)
+            packs.append(packed)
+    wstart = np.cumsum([0] + [p.size for p in packs[:-1]]).astype(np.int64)
     gbuf = _threads_buf("mk_gpad", glen)
     obuf = _threads_buf("mk_gout", sh * sw * Cp * Pgpad)
-    return (np.concatenate(packs), wstart, offs, ostart, np.array(Rf, np.int64), np.array(u0, np.int64),
-            np.array(u1, np.int64), Cp, sh, sw, g.pt, g.pl, Hb, Wb, kmh, kmw, Pgpad, gbuf, obuf)
+    return (np.concatenate(packs), wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, g.pt, g.pl, Hb, Wb, kmh, kmw,
+            Pgpad, gbuf, obuf)
 
 
 from . import winograd  # noqa: E402  (circular: winograd imports helpers from here)

@@ -300,6 +300,48 @@ def vadd(typingctx, D, d0, S, s0, n):
 
 
 @intrinsic
+def vsum(typingctx, D, d0, S, s0, offs, o0, m, n):
+    """D[d0 + p] = sum_{t<m} S[s0 + offs[o0 + t] + p] for p < n: a sum of m shifted rows, in t order.
+
+    Why: a col2im-style gather as one pass per output vector (m loads, one store)
+    instead of m read-modify-write passes over the output row.
+    """
+    sig = types.void(_F32_1D, types.intp, _F32_1D, types.intp, _I64_1D, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        D_, d0_, S_, s0_, offs_, o0_, m_, n_ = args
+        vt = ir.VectorType(_F32, VL)
+        fns = _masked_fns(builder, vt)
+        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+        sp = _elem_ptr(context, builder, signature.args[2], S_, s0_)
+        op = _elem_ptr(context, builder, signature.args[4], offs_, o0_)
+        zero = ir.Constant(vt, [0.0] * VL)
+
+        def body(off, rem):
+            mask = _tail(builder, rem, fns)
+            entry = builder.block
+            loop = builder.append_basic_block("vsum_loop")
+            done = builder.append_basic_block("vsum_done")
+            builder.cbranch(builder.icmp_signed(">", m_, _c(0)), loop, done)
+            builder.position_at_end(loop)
+            t, = _phis(builder, _I64, [[(_c(0), entry)]])
+            acc, = _phis(builder, vt, [[(zero, entry)]])
+            src = builder.gep(sp, [builder.add(builder.load(builder.gep(op, [t])), off)])
+            new = builder.fadd(acc, _load(builder, builder.bitcast(src, vt.as_pointer()), mask))
+            t1 = builder.add(t, _c(1))
+            _close([t, acc], [t1, new], builder.block)
+            builder.cbranch(builder.icmp_signed("<", t1, m_), loop, done)
+            builder.position_at_end(done)
+            res, = _phis(builder, vt, [[(zero, entry), (new, loop)]])
+            _store(builder, res, builder.bitcast(builder.gep(dp, [off]), vt.as_pointer()), mask)
+
+        _pair_op(builder, n_, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def vcopy(typingctx, D, d0, S, s0, n, b):
     """D[d0:d0+n] = S[s0:s0+n] + b (float32 scalar b; use 0 for a plain copy)."""
     sig = types.void(_F32_1D, types.intp, _F32_1D, types.intp, types.intp, types.float32)
