@@ -29,7 +29,7 @@ from numba import get_num_threads, get_thread_id, njit, prange
 from .conv_implicit import _fill_phases, _threads_buf, _up
 from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vzero
 from .scratch import scratch
-from .winograd_ir import wg_grad, wg_in, wg_out
+from .winograd_ir import wg_grad_hi, wg_grad_lo, wg_in, wg_in_hi, wg_in_lo, wg_out
 
 # G g G^T of a 3x3 filter g, as one 16 x 9 matrix: kron(G, G) (row 4a + b, column 3i + j)
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -71,7 +71,7 @@ def _wino(xb, Ci, plane, ws, th, tw, r, up, Kp, Tcp, ldv, ldm, offs, bias, vbuf,
             for tr in range(tr0, tr1):
                 n = tr // th
                 ti = tr - n * th
-                wg_in(V, c * Tcp + (tr - tr0) * tw, ldv, xb, (n * Ci + c) * plane + 2 * ti * ws, ws, tw, 0, 16)
+                wg_in(V, c * Tcp + (tr - tr0) * tw, ldv, xb, (n * Ci + c) * plane + 2 * ti * ws, ws, tw)
         nj = ((tr1 - tr0) * tw + NR - 1) // NR
         for xi in range(16):
             for jb in range(nj):
@@ -109,7 +109,6 @@ def _wino_gw(xb, Ci, plane, ws, gp, K, gplane, gws, th, tw, r, Tcv, ldv, ldg, ao
         G = gbuf[tid]
         grp = task // 2
         x0 = (task - grp * 2) * 8
-        x1 = x0 + 8
         o0 = (grp * 16 + x0) * Kp * Cp
         vzero(pf, o0, 8 * Kp * Cp)
         for ch in range(grp * nch // ncg, (grp + 1) * nch // ncg):
@@ -121,14 +120,20 @@ def _wino_gw(xb, Ci, plane, ws, gp, K, gplane, gws, th, tw, r, Tcv, ldv, ldg, ao
                 for tr in range(tr0, tr1):
                     n = tr // th
                     ti = tr - n * th
-                    wg_in(V, c * Tcv + (tr - tr0) * tw, ldv, xb, (n * Ci + c) * plane + 2 * ti * ws, ws, tw, x0, x1)
+                    if x0 == 0:
+                        wg_in_lo(V, c * Tcv + (tr - tr0) * tw, ldv, xb, (n * Ci + c) * plane + 2 * ti * ws, ws, tw)
+                    else:
+                        wg_in_hi(V, c * Tcv + (tr - tr0) * tw, ldv, xb, (n * Ci + c) * plane + 2 * ti * ws, ws, tw)
                 for xi in range(8):
                     vzero(V, xi * ldv + c * Tcv + Tc, L * VL - Tc)     # the dot products run over whole vectors
             for k in range(K):
                 for tr in range(tr0, tr1):
                     n = tr // th
                     ti = tr - n * th
-                    wg_grad(G, k * Tcv + (tr - tr0) * tw, ldg, gp, (n * K + k) * gplane + 2 * ti * gws, gws, tw, x0, x1)
+                    if x0 == 0:
+                        wg_grad_lo(G, k * Tcv + (tr - tr0) * tw, ldg, gp, (n * K + k) * gplane + 2 * ti * gws, gws, tw)
+                    else:
+                        wg_grad_hi(G, k * Tcv + (tr - tr0) * tw, ldg, gp, (n * K + k) * gplane + 2 * ti * gws, gws, tw)
                 for xi in range(8):
                     vzero(G, xi * ldg + k * Tcv + Tc, L * VL - Tc)
             for xi in range(8):

@@ -34,59 +34,71 @@ def _at(builder, m):
     return [f.fadd(m[0], s), f.fsub(f.fsub(m[1], m[2]), m[3])]
 
 
-def _store_sel(builder, dp, off, ld_, x0_, x1_, vals, m):
-    """Store vals[xi] at dp + off + (xi - x0)*ld for xi in [x0, x1)."""
-    for xi, v in enumerate(vals):
-        with builder.if_then(builder.and_(builder.icmp_signed("<=", x0_, _c(xi)), builder.icmp_signed(">", x1_, _c(xi)))):
-            dst = builder.gep(dp, [builder.add(off, builder.mul(ld_, builder.sub(_c(xi), x0_)))])
-            _store(builder, v, _vptr(builder, dst, _c(0)), m)
+def _store_range(builder, dp, off, ld_, x0, x1, vals, m):
+    """Store vals[xi] at dp + off + (xi - x0)*ld for xi in [x0, x1) (a fixed range: LLVM drops the
+    loads and arithmetic that only feed the other positions)."""
+    for xi in range(x0, x1):
+        dst = builder.gep(dp, [builder.add(off, builder.mul(ld_, _c(xi - x0)))])
+        _store(builder, vals[xi], _vptr(builder, dst, _c(0)), m)
 
 
 def _vptr(builder, p, off):
     return builder.bitcast(builder.gep(p, [off]), ir.VectorType(_F32, VL).as_pointer())
 
 
-@intrinsic
-def wg_in(typingctx, D, d0, ld, S, s0, ws, n, x0, x1):
-    """Input transform of n tiles along one tile row: D[d0 + (xi - x0)*ld + m] = (B^T d_m B)[i, j]
-    for the positions xi = 4i + j in [x0, x1) (a thread of the weight gradient owns a few).
+def _even_odd():
+    i32 = ir.IntType(32)
+    return (ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)]),
+            ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)]))
+
+
+def _input_transform(x0, x1):
+    @intrinsic
+    def wg_in(typingctx, D, d0, ld, S, s0, ws, n):
+        sig = types.void(_F32_1D, types.intp, types.intp, _F32_1D, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            D_, d0_, ld_, S_, s0_, ws_, n_ = args
+            vt = ir.VectorType(_F32, VL)
+            fns = _masked_fns(builder, vt)
+            dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+            sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
+            even, odd = _even_odd()
+
+            def body(off, rem):
+                m = _tail(builder, rem, fns)
+                d = []
+                for r in range(4):
+                    row = builder.gep(sp, [builder.add(builder.mul(off, _c(2)), builder.mul(ws_, _c(r)))])
+                    cols = []
+                    for shift in (0, 2):   # columns 2m, 2m+1 and 2m+2, 2m+3
+                        a = _load(builder, _vptr(builder, row, _c(shift)), _tail(builder, rem, fns, 2, -2 + shift))
+                        b = _load(builder, _vptr(builder, row, _c(shift + VL)),
+                                  _tail(builder, rem, fns, 2, VL - 2 + shift))
+                        cols += [builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd)]
+                    d.append(cols)
+                t = _bt(builder, d)                                  # rows: B^T d
+                v = [_bt(builder, row) for row in t]                 # columns: (B^T d) B
+                _store_range(builder, dp, off, ld_, x0, x1, [v[i][j] for i in range(4) for j in range(4)], m)
+
+            _pair_op(builder, n_, body)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    wg_in.__doc__ = f"""Input transform of n tiles along one tile row, positions {x0}..{x1 - 1}:
+    D[d0 + (xi - {x0})*ld + m] = (B^T d_m B)[i, j] for xi = 4i + j.
 
     The 4x4 input tile m is d_m[r, q] = S[s0 + r*ws + 2m + q] (rows of the zero-padded
     input, row stride ws); even and odd columns are separated by shuffles. Reads up to
     column 2n + 1 of row 3.
     """
-    sig = types.void(_F32_1D, types.intp, types.intp, _F32_1D, types.intp, types.intp, types.intp, types.intp,
-                     types.intp)
+    return wg_in
 
-    def codegen(context, builder, signature, args):
-        D_, d0_, ld_, S_, s0_, ws_, n_, x0_, x1_ = args
-        vt = ir.VectorType(_F32, VL)
-        i32 = ir.IntType(32)
-        fns = _masked_fns(builder, vt)
-        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
-        sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
-        even = ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)])
-        odd = ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)])
 
-        def body(off, rem):
-            m = _tail(builder, rem, fns)
-            d = []
-            for r in range(4):
-                row = builder.gep(sp, [builder.add(builder.mul(off, _c(2)), builder.mul(ws_, _c(r)))])
-                cols = []
-                for shift in (0, 2):   # columns 2m, 2m+1 and 2m+2, 2m+3
-                    a = _load(builder, _vptr(builder, row, _c(shift)), _tail(builder, rem, fns, 2, -2 + shift))
-                    b = _load(builder, _vptr(builder, row, _c(shift + VL)), _tail(builder, rem, fns, 2, VL - 2 + shift))
-                    cols += [builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd)]
-                d.append(cols)
-            t = _bt(builder, d)                                  # rows: B^T d
-            v = [_bt(builder, row) for row in t]                 # columns: (B^T d) B
-            _store_sel(builder, dp, off, ld_, x0_, x1_, [v[i][j] for i in range(4) for j in range(4)], m)
-
-        _pair_op(builder, n_, body)
-        return context.get_dummy_value()
-
-    return sig, codegen
+wg_in = _input_transform(0, 16)
+wg_in_lo = _input_transform(0, 8)      # the weight gradient splits the 16 positions in two halves
+wg_in_hi = _input_transform(8, 16)
 
 
 @intrinsic
@@ -146,37 +158,42 @@ def _a(builder, g):
     return [g[0], f.fadd(g[0], g[1]), f.fsub(g[0], g[1]), f.fneg(g[1])]
 
 
-@intrinsic
-def wg_grad(typingctx, D, d0, ld, S, s0, ws, n, x0, x1):
-    """Output-gradient transform of n tiles along one tile row: D[d0 + (xi - x0)*ld + m] = (A g_m A^T)[i, j]
-    for xi = 4i + j in [x0, x1), g_m[a, c] = S[s0 + a*ws + 2m + c] (a, c < 2; the adjoint of wg_out).
+def _grad_transform(x0, x1):
+    @intrinsic
+    def wg_grad(typingctx, D, d0, ld, S, s0, ws, n):
+        sig = types.void(_F32_1D, types.intp, types.intp, _F32_1D, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            D_, d0_, ld_, S_, s0_, ws_, n_ = args
+            vt = ir.VectorType(_F32, VL)
+            fns = _masked_fns(builder, vt)
+            dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
+            sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
+            even, odd = _even_odd()
+
+            def body(off, rem):
+                m = _tail(builder, rem, fns)
+                g = []
+                for r in range(2):
+                    row = builder.gep(sp, [builder.add(builder.mul(off, _c(2)), builder.mul(ws_, _c(r)))])
+                    a = _load(builder, _vptr(builder, row, _c(0)), _tail(builder, rem, fns, 2))
+                    b = _load(builder, _vptr(builder, row, _c(VL)), _tail(builder, rem, fns, 2, VL))
+                    g.append([builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd)])
+                t = [list(c) for c in zip(*[_a(builder, col) for col in zip(*g)])]   # A g: 4 rows of 2
+                v = [_a(builder, row) for row in t]                                  # (A g) A^T: 4 x 4
+                _store_range(builder, dp, off, ld_, x0, x1, [v[i][j] for i in range(4) for j in range(4)], m)
+
+            _pair_op(builder, n_, body)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    wg_grad.__doc__ = f"""Output-gradient transform of n tiles along one tile row, positions {x0}..{x1 - 1}:
+    D[d0 + (xi - {x0})*ld + m] = (A g_m A^T)[i, j] for xi = 4i + j, where
+    g_m[a, c] = S[s0 + a*ws + 2m + c] (a, c < 2): the adjoint of the output transform.
     """
-    sig = types.void(_F32_1D, types.intp, types.intp, _F32_1D, types.intp, types.intp, types.intp, types.intp,
-                     types.intp)
+    return wg_grad
 
-    def codegen(context, builder, signature, args):
-        D_, d0_, ld_, S_, s0_, ws_, n_, x0_, x1_ = args
-        vt = ir.VectorType(_F32, VL)
-        i32 = ir.IntType(32)
-        fns = _masked_fns(builder, vt)
-        dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
-        sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
-        even = ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)])
-        odd = ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)])
 
-        def body(off, rem):
-            m = _tail(builder, rem, fns)
-            g = []
-            for r in range(2):
-                row = builder.gep(sp, [builder.add(builder.mul(off, _c(2)), builder.mul(ws_, _c(r)))])
-                a = _load(builder, _vptr(builder, row, _c(0)), _tail(builder, rem, fns, 2))
-                b = _load(builder, _vptr(builder, row, _c(VL)), _tail(builder, rem, fns, 2, VL))
-                g.append([builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd)])
-            t = [list(c) for c in zip(*[_a(builder, col) for col in zip(*g)])]   # A g: 4 rows of 2
-            v = [_a(builder, row) for row in t]                                  # (A g) A^T: 4 x 4
-            _store_sel(builder, dp, off, ld_, x0_, x1_, [v[i][j] for i in range(4) for j in range(4)], m)
-
-        _pair_op(builder, n_, body)
-        return context.get_dummy_value()
-
-    return sig, codegen
+wg_grad_lo = _grad_transform(0, 8)
+wg_grad_hi = _grad_transform(8, 16)
