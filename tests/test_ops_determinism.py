@@ -14,7 +14,7 @@ CASES = [
     (3, 2, 11, 11, 5, 3, 1, 0),
     (4, 4, 13, 13, 6, 3, 2, 1),
     (4, 6, 9, 9, 5, 1, 1, 0),
-    (5, 16, 9, 11, 17, 3, 1, 1),    # float32: Winograd (chunks of tile rows, per-group partial sums)
+    (5, 32, 17, 15, 33, 3, 1, 1),   # float32: Winograd (chunks of tile rows, per-group partial sums)
 ]
 
 

@@ -124,7 +124,16 @@ def test_output_transform_crops_and_adds_bias(n, odd, rows):
     assert not np.isnan(D[written]).any()
 
 
-M = winograd.MIN_CHANNELS
+M = 16   # channels in the cases below: the thresholds are lowered for them (small, fast shapes)
+
+
+@pytest.fixture(autouse=True)
+def _small_shapes_take_the_path(monkeypatch, request):
+    if "defaults" not in request.node.name:
+        monkeypatch.setattr(winograd, "MIN_CHANNELS", M)
+        monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+
+
 CASES = [
     # (N, C, H, W, K, pads (top, bottom, left, right))
     (2, M, 8, 8, M, (1, 1, 1, 1)),                  # the smallest channel counts that take the path
@@ -194,15 +203,20 @@ def test_the_extra_tile_row_of_an_odd_size_never_reaches_a_kept_output():
     np.testing.assert_allclose(y[0, :, 1:], yr[0], rtol=1e-5, atol=2e-6 * np.abs(yr).max())
 
 
+D = winograd.MIN_CHANNELS
+
+
 @pytest.mark.parametrize("shape,stride,pads,expected", [
-    (((2, M, 8, 8), (M, M, 3, 3)), (1, 1), (1, 1, 1, 1), True),
-    (((2, M - 1, 8, 8), (M, M - 1, 3, 3)), (1, 1), (1, 1, 1, 1), False),   # too few input channels
-    (((2, M, 8, 8), (M - 1, M, 3, 3)), (1, 1), (1, 1, 1, 1), False),       # too few filters
-    (((2, M, 8, 8), (M, M, 3, 3)), (2, 2), (1, 1, 1, 1), False),           # strided
-    (((2, M, 8, 8), (M, M, 5, 5)), (1, 1), (2, 2, 2, 2), False),           # 5x5
-    (((2, M, 8, 8), (M, M, 3, 3)), (1, 1), (3, 0, 0, 0), False),           # padding > 2
+    (((4, D, 16, 16), (D, D, 3, 3)), (1, 1), (1, 1, 1, 1), True),
+    (((4, D - 1, 16, 16), (D, D - 1, 3, 3)), (1, 1), (1, 1, 1, 1), False),   # too few input channels
+    (((4, D, 16, 16), (D - 1, D, 3, 3)), (1, 1), (1, 1, 1, 1), False),       # too few filters
+    (((3, D, 16, 16), (D, D, 3, 3)), (1, 1), (1, 1, 1, 1), False),           # 768 output pixels: too few
+    (((1, 512, 14, 14), (512, 512, 3, 3)), (1, 1), (1, 1, 1, 1), False),     # batch 1, 14x14 (VGG-16's last block)
+    (((4, D, 16, 16), (D, D, 3, 3)), (2, 2), (1, 1, 1, 1), False),           # strided
+    (((4, D, 16, 16), (D, D, 5, 5)), (1, 1), (2, 2, 2, 2), False),           # 5x5
+    (((4, D, 16, 16), (D, D, 3, 3)), (1, 1), (3, 0, 0, 0), False),           # padding > 2
 ])
-def test_which_convolutions_take_the_path(shape, stride, pads, expected):
+def test_which_convolutions_take_the_path_with_the_defaults(shape, stride, pads, expected):
     assert winograd.applies(*shape, stride, pads) is expected
 
 
@@ -214,8 +228,9 @@ def test_avx2_vector_width_in_a_subprocess(tmp_path):
         import numpy as np
         import _reference as ref
         from nbcnn import ops
-        from nbcnn.kernels.cpu import microkernel as m
+        from nbcnn.kernels.cpu import microkernel as m, winograd
         assert m.VL == 8
+        winograd.MIN_CHANNELS, winograd.MIN_PIXELS = 16, 1
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 17, 9, 21)).astype(np.float32)
         w = rng.standard_normal((19, 17, 3, 3)).astype(np.float32)
