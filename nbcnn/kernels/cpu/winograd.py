@@ -236,14 +236,26 @@ def filters_input_grad(w):
     return _packed(w, False)
 
 
+def _chunk_rows(tw, rmax):
+    """Tile rows per chunk of the forward GEMMs: chunks of ~112 tiles (V and M stay in a core's L2)
+    whose column tiles of NR are nearly full (<= 5 % padding if any r <= rmax allows it; 112-wide
+    rows would otherwise pad 112 -> 144 columns)."""
+    best = None
+    for r in range(1, max(1, min(rmax, 384 // tw)) + 1):
+        n = r * tw
+        key = (_up(n, NR) - n > 0.05 * _up(n, NR), abs(n - 112))
+        if best is None or key < best[0]:
+            best = (key, r)
+    return best[1]
+
+
 def _run(xp, Ci, plane, ws, packed, Kout, bias, out_shape):
     """Chunking and buffers around _wino (xp: the padded planes)."""
     up, Kp = packed
     N, _, Ho, Wo = out_shape
     th, tw = -(-Ho // 2), -(-Wo // 2)
     TR = N * th
-    # a chunk: ~100 tiles (V and M of one chunk stay in a core's L2), at least one chunk per thread
-    r = max(1, min(-(-96 // tw), -(-TR // get_num_threads())))
+    r = _chunk_rows(tw, -(-TR // get_num_threads()))
     Tcp = _up(r * tw, NR)
     # xi blocks 64 bytes apart from a multiple of 4 KB: the 16 rows one tile writes must not
     # share cache sets (measured: the input transform 0.9 -> 0.5 ms on the VGG layer)
@@ -287,7 +299,8 @@ def weight_grad(gy, xb, g):
     # chunks of ~384 tiles: long dot products (each mk_dot ends in 24 lane sums); up to 8
     # chunk groups (fixed by the shape, not the thread count) with their own partial sums
     r = max(1, min(TR, -(-384 // tw)))
-    ncg = min(8, -(-TR // r))
+    # partial sums: at most 8 groups and ~32 MB (512 x 512 filters: 17 MB per group)
+    ncg = max(1, min(8, -(-TR // r), (32 << 20) // (16 * _up(K, MD) * _up(C, ND) * 4)))
     Tcv = _up(r * tw, VL)
     ldv, ldg = C * Tcv + 16, K * Tcv + 16
     vbuf = _threads_buf("wg_v", 8 * ldv)
