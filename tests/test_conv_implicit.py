@@ -19,7 +19,7 @@ from numba import njit
 
 import _reference as ref
 from nbcnn import ops
-from nbcnn.kernels.cpu import conv_implicit
+from nbcnn.kernels.cpu import conv_layout
 from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vsum, vzero
 from nbcnn.kernels.geometry import resolve_padding
 
@@ -247,7 +247,7 @@ def test_geometry_slack_covers_every_read():
     """The padded-input buffer is long enough for the last image's last tile (no out-of-bounds reads)."""
     for case in EDGE_CASES:
         x, w, b, st, pads = _case(case)
-        g = conv_implicit.Geometry(x.shape, w.shape, st, pads)
+        g = conv_layout.Geometry(x.shape, w.shape, st, pads)
         last_read = (g.N - 1) * g.img + g.Ppad - 1 + int(g.offs.max())
         assert g.xb_len > last_read
         assert g.xb_len > (g.N - 1) * g.img + int(g.boffs.max()) + g.Pv - 1

@@ -2,7 +2,8 @@
 
 float32, the training dtype, always goes to :mod:`.conv_implicit`: implicit
 GEMM on nbcnn's own register-blocked micro-kernels, 3-4x faster than the
-im2col + OpenBLAS path below on every benchmark shape (RESULTS.md).
+im2col + OpenBLAS path below on every benchmark shape (RESULTS.md), and
+Winograd F(2x2, 3x3) for the 3x3 stride-1 layers with >= 32 channels.
 
 float64 (gradient checks, references) keeps two algorithms, chosen per shape:
 

@@ -1,7 +1,10 @@
 """float32 convolution by implicit GEMM on nbcnn's own micro-kernels (no column matrix).
 
-The input is zero-padded and split into its stride phases once, into a flat
-buffer with a little zero slack at the end. In that layout every row
+3x3 stride-1 layers with enough channels and pixels go to :mod:`.winograd`
+instead (``winograd.applies``); both read the same padded input buffer.
+
+The input is zero-padded and split into its stride phases once
+(:mod:`.conv_layout`). In that layout every row
 ``(c, i, j)`` of the im2col matrix is the buffer shifted by one constant
 offset (output rows are computed at the phase-plane width ``Wq``; the
 ``Wq - Wo`` junk columns are dropped), so the micro-kernels read the padded
@@ -18,7 +21,7 @@ input directly through an offset table:
   scattered into gx;
 * input gradient, C < MR (LeNet conv1/conv2, AlexNet conv1): those tiles would
   be mostly empty rows, so per image ``gcol = W^T @ gY`` with ``mk_outer`` and
-  a gather into the phase planes.
+  a gather (``vsum``: one sum of shifted rows per phase plane).
 
 Every parallel loop writes disjoint outputs (one image, or one block of
 filters, per task) and each sum has a fixed order, so results are identical
@@ -28,82 +31,13 @@ gradients through 0 * NaN products in junk columns (as with im2col).
 from __future__ import annotations
 
 import numpy as np
-from numba import config, get_num_threads, get_thread_id, njit, prange
+from numba import get_num_threads, get_thread_id, njit, prange
 
-from ..geometry import output_size, phase_plane_size
-from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vcopy, vjoin2, vsplit2, vsum, vzero
+from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vcopy, vjoin2, vsum, vzero
+from . import winograd
+from .conv_layout import fill_phases, geometry, round_up, thread_rows
 from .scratch import scratch
 
-# imported at the end (winograd uses this module's fill and buffers)
-
-
-def _up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-@njit(parallel=True, cache=True)
-def _fill_phases(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
-    """xb[((n*C + c)*S + a*sw + b)*Hq*Wq + u*Wq + v] = xpad[n, c, u*sh + a, v*sw + b] (0 outside x); slack zeroed.
-
-    Stride 2: each input row is split straight into its two column phases (vector
-    shuffles); other strides > 1 build the padded row in a small buffer and split it
-    with scalar loops.
-    """
-    N, C, H, W = x.shape
-    S = sh * sw
-    plane = Hq * Wq
-    xf = x.reshape(N * C * H * W)
-    zero = np.float32(0)
-    for t in prange(N * C):
-        compact_code()
-        n = t // C
-        c = t - n * C
-        row = rowbuf[get_thread_id()]                   # one padded input row (sw > 1)
-        vzero(row, 0, row.shape[0])
-        for a in range(sh):
-            for u in range(Hq):
-                h = u * sh + a - pt
-                base = ((n * C + c) * S + a * sw) * plane + u * Wq      # phase (a, 0), row u
-                if h < 0 or h >= H:
-                    for b in range(sw):
-                        vzero(xb, base + b * plane, Wq)
-                    continue
-                s0 = (t * H + h) * W
-                if sw == 1:
-                    v1 = min(Wq, W + pl)
-                    vzero(xb, base, min(pl, Wq))
-                    vcopy(xb, base + min(pl, Wq), xf, s0, v1 - min(pl, Wq), zero)
-                    vzero(xb, base + v1, Wq - v1)
-                    continue
-                if sw == 2:  # x column j is padded column j + pl = 2v + b: straight into the phases
-                    vzero(xb, base, Wq)
-                    vzero(xb, base + plane, Wq)
-                    q = pl // 2
-                    if pl % 2 == 0:   # x[2i] -> phase 0, x[2i + 1] -> phase 1, both at v = i + q
-                        npair = max(0, min(W // 2, Wq - q))
-                        vsplit2(xb, base + q, base + plane + q, xf, s0, npair)
-                    else:             # x[2i] -> phase 1 at v = i + q, x[2i + 1] -> phase 0 at v = i + q + 1
-                        npair = max(0, min(W // 2, Wq - q - 1))
-                        vsplit2(xb, base + plane + q, base + q + 1, xf, s0, npair)
-                    for j in range(2 * npair, W):   # an odd last column (or a pair cut by Wq)
-                        v = (j + pl) // 2
-                        if v >= Wq:
-                            break
-                        xb[base + (j + pl - 2 * v) * plane + v] = xf[s0 + j]
-                    continue
-                n_in = min(W, sw * Wq - pl)
-                vcopy(row, pl, xf, s0, n_in, zero)            # row[:pl] and row[pl + W:] stay 0
-                for b in range(sw):
-                    d = xb[base + b * plane:base + b * plane + Wq]
-                    for v in range(Wq):
-                        d[v] = row[v * sw + b]
-    n0 = N * C * S * plane
-    vzero(xb, n0, xb.shape[0] - n0)
-
-
-def fill_phases(x, g, xb):
-    """Pad x and split it into its stride phases in xb (see _fill_phases)."""
-    _fill_phases(x, g.sh, g.sw, g.pt, g.pl, g.Hq, g.Wq, _threads_buf("mk_row", g.sw * g.Wq), xb)
 
 
 @njit(parallel=True, cache=True)
@@ -327,68 +261,12 @@ def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, 
 def _pack_rows(m2):
     """(M, R) -> flat panels of MR rows, k-major inside a panel: out[(p*R + k)*MR + i] = m2[p*MR + i, k]."""
     M, R = m2.shape
-    Mp = _up(M, MR)
+    Mp = round_up(M, MR)
     out = np.zeros((Mp // MR, R, MR), dtype=np.float32)
     padded = np.zeros((Mp, R), dtype=np.float32)
     padded[:M] = m2
     out[:] = padded.reshape(Mp // MR, MR, R).transpose(0, 2, 1)
     return out.reshape(-1), Mp
-
-
-class Geometry:
-    """Sizes and offset tables of one (input shape, filter shape, stride, padding) case."""
-
-    def __init__(self, x_shape, w_shape, stride, pads):
-        N, C, H, W = x_shape
-        K, _, kh, kw = w_shape
-        sh, sw = stride
-        pt, pb, pl, pr = pads
-        self.N, self.C, self.H, self.W, self.K, self.kh, self.kw = N, C, H, W, K, kh, kw
-        self.sh, self.sw, self.pt, self.pl = sh, sw, pt, pl
-        self.Ho, self.Wo = output_size(H, kh, pt, pb, sh), output_size(W, kw, pl, pr, sw)
-        self.Hq, self.Wq = phase_plane_size(H, pt, pb, sh), phase_plane_size(W, pl, pr, sw)
-        S = sh * sw
-        plane = self.Hq * self.Wq
-        self.img = C * S * plane
-        self.R = C * kh * kw
-        c, i, j = np.meshgrid(np.arange(C), np.arange(kh), np.arange(kw), indexing="ij")
-        offs = ((c * S + (i % sh) * sw + j % sw) * plane + (i // sh) * self.Wq + j // sw).reshape(-1)
-        self.offs = offs.astype(np.int64)
-        self.Pc = self.Ho * self.Wq
-        self.Ppad = _up(self.Pc, NR)
-        self.Pv = _up(self.Pc, VL)
-        need = (N - 1) * self.img + self.Ppad + int(offs.max())
-        self.xb_len = max(N * self.img + self.Wq, need) + VL   # + Wq: the Winograd tiles of an odd size
-        self.boffs = np.concatenate([self.offs, np.full(_up(self.R, ND) - self.R, self.offs[-1])]).astype(np.int64)
-        self.memo = {}   # tables of the backward paths, built on first use (Python loops: 20-80 us each)
-
-
-_GEOMETRIES: dict = {}
-
-
-def geometry(x_shape, w_shape, stride, pads) -> Geometry:
-    """Cached Geometry (a layer sees the same shapes every step; building one costs ~15 us)."""
-    key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(pads))
-    g = _GEOMETRIES.get(key)
-    if g is None:
-        if len(_GEOMETRIES) > 256:
-            _GEOMETRIES.clear()
-        g = _GEOMETRIES[key] = Geometry(*key)
-    return g
-
-
-def _threads_buf(name, n):
-    """One row per Numba worker (indexed by get_thread_id() inside the parallel loops).
-
-    Rows start on 64-byte boundaries and are padded to 64 floats, so two workers
-    never write the same cache line: a 34-float row buffer that shared lines ran
-    the strided input fill 2-3x slower (0.43 vs 0.19 ms), depending only on where
-    the allocator happened to put it.
-    """
-    T, m = config.NUMBA_NUM_THREADS, _up(max(n, 1), 64)
-    raw = scratch(name, (T * m + 16,), np.float32)
-    off = (-raw.ctypes.data % 64) // 4
-    return raw[off:off + T * m].reshape(T, m)
 
 
 def forward(x, w, b, stride, pads, ctx=None):
@@ -408,10 +286,10 @@ def forward(x, w, b, stride, pads, ctx=None):
     bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
     y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
     if 0 < g.N < get_num_threads():  # too few images to keep every thread busy: split the tiles
-        yball = scratch("mk_yfew", (g.N, _up(Kp * g.Ppad, 64)), np.float32)
+        yball = scratch("mk_yfew", (g.N, round_up(Kp * g.Ppad, 64)), np.float32)
         _forward_few(xb, g.img, g.offs, wp, g.R, bias, Kp, g.Ppad, g.Wq, yball, y)
         return y
-    ybuf = _threads_buf("mk_y", Kp * g.Ppad)
+    ybuf = thread_rows("mk_y", Kp * g.Ppad)
     _forward(xb, g.img, g.offs, wp, g.R, bias, Kp, g.Ppad, g.Wq, ybuf, y)
     return y
 
@@ -432,7 +310,7 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     gyb = scratch("mk_gy", (K * Kl,), np.float32)
     gb = np.empty(K, dtype=np.float32)
     _gy_flat(gy, g.Wq, g.Pv, Kl, gyb, gb)
-    Kp = _up(K, MD)
+    Kp = round_up(K, MD)
     aoffs = (np.minimum(np.arange(Kp), K - 1) * Kl).astype(np.int64)   # padded rows repeat the last
     gwp = scratch("mk_gw", (Kp, g.boffs.shape[0]), np.float32)
     nchunks = max(1, min(get_num_threads(), Kp // MD))
@@ -449,12 +327,12 @@ def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     if g.C < MR:  # the phase kernels' tiles would be mostly empty rows: go through gcol
         wtp, Rp = _pack_rows(np.ascontiguousarray(w.reshape(K, g.R).T))
         offs = (np.arange(K) * Kl).astype(np.int64)
-        Pr = _up(g.Pv, NR)
+        Pr = round_up(g.Pv, NR)
         taps = g.memo.get("gcol")
         if taps is None:
             taps = g.memo["gcol"] = _gcol_taps(g, Pr)
-        cbuf = _threads_buf("mk_gcol", Rp * taps[1])
-        pbuf = _threads_buf("mk_planes", g.sh * g.sw * g.Hq * g.Wq)
+        cbuf = thread_rows("mk_gcol", Rp * taps[1])
+        pbuf = thread_rows("mk_planes", g.sh * g.sw * g.Hq * g.Wq)
         _input_grad_gcol(gyb, Kl, g.Pv, wtp, K, Rp, offs, g.kh, g.kw, g.sh, g.sw, g.Hq, g.Wq, g.Ho, g.Wo,
                          g.pt, g.pl, Pr, *taps, cbuf, pbuf, gx)
     else:
@@ -467,7 +345,7 @@ def _gcol_taps(g, Pr):
     offsets (i*kw + j)*Prr - shift, shift = (i // sh)*Wq + j // sw, grouped by phase (i % sh, j % sw)."""
     sh, sw, kh, kw, Wq = g.sh, g.sw, g.kh, g.kw, g.Wq
     ML = ((kh - 1) // sh) * Wq + (kw - 1) // sw
-    Prr = _up(ML + max(Pr, g.Hq * g.Wq) + VL, 16)
+    Prr = round_up(ML + max(Pr, g.Hq * g.Wq) + VL, 16)
     toffs, tstart, tcount = [], [], []
     for a in range(sh):
         for b in range(sw):
@@ -501,7 +379,7 @@ def _input_grad_tables(g):
     ostart = np.cumsum([0] + [t.size for t in tabs[:-1]]).astype(np.int64)
     offs = np.concatenate(tabs + [np.zeros(1, np.int64)]).astype(np.int64)
     rows = max(1, max(hi - lo for lo, hi in zip(u0, u1)))
-    Pgpad = _up(rows * Wb, NR)
+    Pgpad = round_up(rows * Wb, NR)
     glen = max(K * Hb * Wb, max(lo for lo in u0) * Wb + Pgpad + int(offs.max())) + VL
     return (offs, ostart, np.array(Rf, np.int64), np.array(u0, np.int64), np.array(u1, np.int64),
             Hb, Wb, kmh, kmw, Pgpad, glen)
@@ -522,10 +400,8 @@ def _input_grad_plan(w, g):
             packed, Cp = _pack_rows(wf)
             packs.append(packed)
     wstart = np.cumsum([0] + [p.size for p in packs[:-1]]).astype(np.int64)
-    gbuf = _threads_buf("mk_gpad", glen)
-    obuf = _threads_buf("mk_gout", sh * sw * Cp * Pgpad)
+    gbuf = thread_rows("mk_gpad", glen)
+    obuf = thread_rows("mk_gout", sh * sw * Cp * Pgpad)
     return (np.concatenate(packs), wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, g.pt, g.pl, Hb, Wb, kmh, kmw,
             Pgpad, gbuf, obuf)
 
-
-from . import winograd  # noqa: E402  (circular: winograd imports helpers from here)

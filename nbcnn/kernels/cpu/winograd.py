@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
-from .conv_implicit import _fill_phases, _threads_buf, _up
+from .conv_layout import fill_planes, round_up, thread_rows
 from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vzero
 from .scratch import scratch
 from .winograd_ir import wg_grad_hi, wg_grad_lo, wg_in, wg_in_hi, wg_in_lo, wg_out
@@ -220,7 +220,7 @@ def _packed(w, rows_are_k):
     K, C = w.shape[:2]
     u = (w.reshape(K * C, 9) @ _GG.T).reshape(K, C, 16)     # G g G^T of every filter (BLAS)
     M, R = (K, C) if rows_are_k else (C, K)
-    Mp = _up(M, MR)
+    Mp = round_up(M, MR)
     out = np.empty((16, Mp // MR, R, MR), dtype=np.float32)
     _pack(u, rows_are_k, np.arange(16) if rows_are_k else _FLIP, out)
     return out.reshape(-1), Mp
@@ -243,7 +243,7 @@ def _chunk_rows(tw, rmax):
     best = None
     for r in range(1, max(1, min(rmax, 384 // tw)) + 1):
         n = r * tw
-        key = (_up(n, NR) - n > 0.05 * _up(n, NR), abs(n - 112))
+        key = (round_up(n, NR) - n > 0.05 * round_up(n, NR), abs(n - 112))
         if best is None or key < best[0]:
             best = (key, r)
     return best[1]
@@ -256,13 +256,13 @@ def _run(xp, Ci, plane, ws, packed, Kout, bias, out_shape):
     th, tw = -(-Ho // 2), -(-Wo // 2)
     TR = N * th
     r = _chunk_rows(tw, -(-TR // get_num_threads()))
-    Tcp = _up(r * tw, NR)
+    Tcp = round_up(r * tw, NR)
     # xi blocks 64 bytes apart from a multiple of 4 KB: the 16 rows one tile writes must not
     # share cache sets (measured: the input transform 0.9 -> 0.5 ms on the VGG layer)
     ldv, ldm = Ci * Tcp + 16, Kp * Tcp + 16
     offs = (np.arange(Ci) * Tcp).astype(np.int64)
-    vbuf = _threads_buf("wg_v", 16 * ldv)
-    mbuf = _threads_buf("wg_m", 16 * ldm)
+    vbuf = thread_rows("wg_v", 16 * ldv)
+    mbuf = thread_rows("wg_m", 16 * ldm)
     y = np.empty(out_shape, dtype=np.float32)
     b = bias if bias is not None else np.zeros(Kout, dtype=np.float32)
     _wino(xp, Ci, plane, ws, th, tw, r, up, Kp, Tcp, ldv, ldm, offs, b, vbuf, mbuf, y)
@@ -270,7 +270,7 @@ def _run(xp, Ci, plane, ws, packed, Kout, bias, out_shape):
 
 
 def forward(xb, w, b, g):
-    """The convolution of geometry g (see conv_implicit.Geometry), from its filled padded input xb."""
+    """The convolution of geometry g (see conv_layout.Geometry), from its filled padded input xb."""
     return _run(xb, g.C, g.Hq * g.Wq, g.Wq, filters_forward(w), g.K, b, (g.N, g.K, g.Ho, g.Wo))
 
 
@@ -279,7 +279,7 @@ def input_grad(gy, w, g):
     Hq, Wq = g.H + 2, g.W + 2
     n = g.N * g.K * Hq * Wq
     gp = scratch("wg_gy", (n + 2 * Wq + VL,), np.float32)
-    _fill_phases(gy, 1, 1, 2 - g.pt, 2 - g.pl, Hq, Wq, _threads_buf("mk_row", Wq), gp)
+    fill_planes(gy, 1, 1, 2 - g.pt, 2 - g.pl, Hq, Wq, thread_rows("mk_row", Wq), gp)
     return _run(gp, g.K, Hq * Wq, Wq, filters_input_grad(w), g.C, None, (g.N, g.C, g.H, g.W))
 
 
@@ -291,7 +291,7 @@ def weight_grad(gy, xb, g):
     if Ho % 2 or Wo % 2:   # the extra row/column of the tiles must read zeros
         gws, gplane = 2 * tw, 4 * th * tw
         gp = scratch("wg_gyp", (N * K * gplane + VL,), np.float32)
-        _fill_phases(gy, 1, 1, 0, 0, 2 * th, 2 * tw, _threads_buf("mk_row", 2 * tw), gp)
+        fill_planes(gy, 1, 1, 0, 0, 2 * th, 2 * tw, thread_rows("mk_row", 2 * tw), gp)
         gp = gp[:N * K * gplane]
     else:
         gws, gplane, gp = Wo, Ho * Wo, gy.reshape(-1)
@@ -300,12 +300,12 @@ def weight_grad(gy, xb, g):
     # chunk groups (fixed by the shape, not the thread count) with their own partial sums
     r = max(1, min(TR, -(-384 // tw)))
     # partial sums: at most 8 groups and ~32 MB (512 x 512 filters: 17 MB per group)
-    ncg = max(1, min(8, -(-TR // r), (32 << 20) // (16 * _up(K, MD) * _up(C, ND) * 4)))
-    Tcv = _up(r * tw, VL)
+    ncg = max(1, min(8, -(-TR // r), (32 << 20) // (16 * round_up(K, MD) * round_up(C, ND) * 4)))
+    Tcv = round_up(r * tw, VL)
     ldv, ldg = C * Tcv + 16, K * Tcv + 16
-    vbuf = _threads_buf("wg_v", 8 * ldv)
-    gbuf = _threads_buf("wg_g", 8 * ldg)
-    Kp, Cp = _up(K, MD), _up(C, ND)
+    vbuf = thread_rows("wg_v", 8 * ldv)
+    gbuf = thread_rows("wg_g", 8 * ldg)
+    Kp, Cp = round_up(K, MD), round_up(C, ND)
     aoffs = (np.minimum(np.arange(Kp), K - 1) * Tcv).astype(np.int64)
     boffs = (np.minimum(np.arange(Cp), C - 1) * Tcv).astype(np.int64)
     part = scratch("wg_gwpart", (ncg, 16, Kp, Cp), np.float32)
