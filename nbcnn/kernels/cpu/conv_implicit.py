@@ -241,6 +241,14 @@ def _input_grad_gcol(gyb, Kl, Pv, wtp, K, Rp, offs, kh, kw, sh, sw, Hq, Wq, Ho, 
             for r in range(Rp):
                 vzero(gc, r * Prr + ML + Pv, Pr - Pv)
         for c in range(C):
+            if sh == 1 and sw == 1:  # one phase: sum straight into gx (its rows, or the whole plane)
+                if pt == 0 and pl == 0 and W == Wq:
+                    vsum(gxf, (n * C + c) * H * W, gc, c * R * Prr + ML, toffs, 0, R, H * W)
+                else:
+                    for h in range(H):
+                        vsum(gxf, ((n * C + c) * H + h) * W, gc, c * R * Prr + ML + (h + pt) * Wq + pl,
+                             toffs, 0, R, W)
+                continue
             for ph in range(sh * sw):
                 vsum(buf, ph * HW, gc, c * R * Prr + ML, toffs, tstart[ph], tcount[ph], HW)
             for h in range(H):
