@@ -243,6 +243,31 @@ def test_float32_gradients_by_finite_differences(case):
         assert abs(fd - an) <= 1e-4 * (abs(an) + np.abs(gy).sum()), (which, fd, an)
 
 
+@pytest.mark.parametrize("H,W,k,s,pads", [
+    (7, 9, 3, 1, (0, 0, 0, 0)),     # one copy per plane
+    (7, 9, 3, 1, (2, 1, 0, 0)),     # rows-only padding: still one copy per plane
+    (7, 9, 3, 1, (1, 1, 1, 1)),
+    (8, 11, 3, 2, (1, 1, 1, 1)),    # stride 2, odd left pad
+    (8, 10, 5, 2, (2, 2, 2, 2)),    # stride 2, even left pad
+    (9, 9, 3, 3, (1, 0, 2, 1)),     # stride 3 (scalar split)
+])
+def test_fill_phases_matches_numpy(H, W, k, s, pads):
+    """Every phase plane equals np.pad(x)[..., a::s, b::s] (cut or zero-extended to Hq x Wq); slack zero."""
+    rng = np.random.default_rng(H * W + s)
+    x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+    g = conv_layout.Geometry(x.shape, (4, 3, k, k), (s, s), pads)
+    xb = np.full(g.xb_len, np.nan, np.float32)
+    conv_layout.fill_phases(x, g, xb)
+    pt, pb, pl, pr = pads
+    xp = np.zeros((2, 3, s * g.Hq + H + pt, s * g.Wq + W + pl), np.float32)
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    planes = xb[:2 * 3 * s * s * g.Hq * g.Wq].reshape(2, 3, s, s, g.Hq, g.Wq)
+    for a in range(s):
+        for b in range(s):
+            np.testing.assert_array_equal(planes[:, :, a, b], xp[:, :, a::s, b::s][:, :, :g.Hq, :g.Wq])
+    assert (xb[2 * 3 * s * s * g.Hq * g.Wq:] == 0).all()
+
+
 def test_geometry_slack_covers_every_read():
     """The padded-input buffer is long enough for the last image's last tile (no out-of-bounds reads)."""
     for case in EDGE_CASES:

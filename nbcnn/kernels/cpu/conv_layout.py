@@ -24,9 +24,9 @@ def round_up(n: int, m: int) -> int:
 def fill_planes(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
     """xb[((n*C + c)*S + a*sw + b)*Hq*Wq + u*Wq + v] = xpad[n, c, u*sh + a, v*sw + b] (0 outside x); slack zeroed.
 
-    Stride 2: each input row is split straight into its two column phases (vector
-    shuffles); other strides > 1 build the padded row in a small buffer and split it
-    with scalar loops.
+    Stride 1 without column padding (LeNet conv2): one copy per plane. Stride 2: each
+    input row is split straight into its two column phases (vector shuffles); other
+    strides > 1 build the padded row in a small buffer and split it with scalar loops.
     """
     N, C, H, W = x.shape
     S = sh * sw
@@ -37,6 +37,14 @@ def fill_planes(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
         compact_code()
         n = t // C
         c = t - n * C
+        if S == 1 and pl == 0 and Wq == W:   # no column padding: the plane's rows are x's rows, one copy
+            u0 = min(max(pt, 0), Hq)
+            u1 = min(max(H + pt, u0), Hq)
+            base = t * plane
+            vzero(xb, base, u0 * Wq)
+            vcopy(xb, base + u0 * Wq, xf, (t * H + u0 - pt) * W, (u1 - u0) * Wq, zero)
+            vzero(xb, base + u1 * Wq, (Hq - u1) * Wq)
+            continue
         row = rowbuf[get_thread_id()]                   # one padded input row (sw > 1)
         vzero(row, 0, row.shape[0])
         for a in range(sh):
