@@ -34,6 +34,7 @@ from numba import njit, prange
 
 from ..geometry import output_size, phase_plane_size
 from . import conv_implicit
+from .bias import bias_grad as _bias_grad
 from .pad import pad2d
 from .scratch import scratch
 
@@ -61,23 +62,6 @@ def _add_bias(y, n0, nb, b):
         dst = y[n0 + nl, k]
         for p in range(P):
             dst[p] += bk
-
-
-@njit(cache=True, fastmath=True)
-def _bias_grad(gy, gb):
-    """gb[k] = sum of gy[:, k, :] (float64 accumulation, fixed order).
-
-    Serial on purpose: a memory-bound pass too small to gain from threads,
-    and a serial kernel compiles ~5x faster than a parallel one.
-    """
-    N, K, P = gy.shape
-    for k in prange(K):
-        s = 0.0
-        for n in range(N):
-            src = gy[n, k]
-            for p in range(P):
-                s += src[p]
-        gb[k] = s
 
 
 @njit(cache=True)
