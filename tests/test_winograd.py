@@ -5,13 +5,11 @@ The tile transforms are checked against the matrices written out in NumPy
 nothing written outside its rows); whole convolutions against the float64
 loop reference on shapes that exercise odd output sizes, every padding
 0..2, chunks that cross images, and channel counts off the tile multiples.
+The 8-lane (AVX2) build runs a Winograd case in test_conv_implicit.py's
+subprocess test.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -218,30 +216,3 @@ D = winograd.MIN_CHANNELS
 ])
 def test_which_convolutions_take_the_path_with_the_defaults(shape, stride, pads, expected):
     assert winograd.applies(*shape, stride, pads) is expected
-
-
-def test_avx2_vector_width_in_a_subprocess(tmp_path):
-    """The transforms with 8-lane vectors (hosts without AVX-512): one forward + backward vs the reference."""
-    code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import numpy as np
-        import _reference as ref
-        from nbcnn import ops
-        from nbcnn.kernels.cpu import microkernel as m, winograd
-        assert m.VL == 8
-        winograd.MIN_CHANNELS, winograd.MIN_PIXELS = 16, 1
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((2, 17, 9, 21)).astype(np.float32)
-        w = rng.standard_normal((19, 17, 3, 3)).astype(np.float32)
-        y = ops.conv2d(x, w, None, 1, 1)
-        np.testing.assert_allclose(y, ref.conv2d(x, w, None, (1, 1), (1, 1, 1, 1)), rtol=1e-4, atol=1e-4)
-        gy = rng.standard_normal(y.shape).astype(np.float32)
-        for got, want in zip(ops.conv2d_backward(gy, x, w, 1, 1), ref.conv2d_backward(gy, x, w, (1, 1), (1,) * 4)):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-        print("ok")
-    """)
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")

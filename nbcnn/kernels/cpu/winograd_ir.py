@@ -52,9 +52,15 @@ def _even_odd():
             ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)]))
 
 
-def _input_transform(x0, x1):
+def _tile_transform(nrows, shifts, transform, x0, x1, doc):
+    """An intrinsic (D, d0, ld, S, s0, ws, n): for n tiles along one tile row, read nrows rows of
+    S (row stride ws) at columns 2m + shift + (0, 1) for each shift (even/odd split by shuffles),
+    apply transform(builder, rows) -> 16 vectors, store positions x0..x1-1 at D[d0 + (xi - x0)*ld + m].
+    """
+    extra = 2 * len(shifts) - 2          # columns read past 2n: 2 for the 4-wide input tiles
+
     @intrinsic
-    def wg_in(typingctx, D, d0, ld, S, s0, ws, n):
+    def tile_transform(typingctx, D, d0, ld, S, s0, ws, n):
         sig = types.void(_F32_1D, types.intp, types.intp, _F32_1D, types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
@@ -66,34 +72,40 @@ def _input_transform(x0, x1):
             even, odd = _even_odd()
 
             def body(off, rem):
-                m = _tail(builder, rem, fns)
-                d = []
-                for r in range(4):
+                rows = []
+                for r in range(nrows):
                     row = builder.gep(sp, [builder.add(builder.mul(off, _c(2)), builder.mul(ws_, _c(r)))])
                     cols = []
-                    for shift in (0, 2):   # columns 2m, 2m+1 and 2m+2, 2m+3
-                        a = _load(builder, _vptr(builder, row, _c(shift)), _tail(builder, rem, fns, 2, -2 + shift))
+                    for shift in shifts:
+                        a = _load(builder, _vptr(builder, row, _c(shift)), _tail(builder, rem, fns, 2, shift - extra))
                         b = _load(builder, _vptr(builder, row, _c(shift + VL)),
-                                  _tail(builder, rem, fns, 2, VL - 2 + shift))
+                                  _tail(builder, rem, fns, 2, VL + shift - extra))
                         cols += [builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd)]
-                    d.append(cols)
-                t = _bt(builder, d)                                  # rows: B^T d
-                v = [_bt(builder, row) for row in t]                 # columns: (B^T d) B
-                _store_range(builder, dp, off, ld_, x0, x1, [v[i][j] for i in range(4) for j in range(4)], m)
+                    rows.append(cols)
+                _store_range(builder, dp, off, ld_, x0, x1, transform(builder, rows), _tail(builder, rem, fns))
 
             _pair_op(builder, n_, body)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    wg_in.__doc__ = f"""Input transform of n tiles along one tile row, positions {x0}..{x1 - 1}:
-    D[d0 + (xi - {x0})*ld + m] = (B^T d_m B)[i, j] for xi = 4i + j.
+    tile_transform.__doc__ = doc
+    return tile_transform
+
+
+def _input_tile(builder, d):
+    """B^T d B of 4x4 tiles, flattened (xi = 4i + j)."""
+    t = _bt(builder, d)                                  # rows: B^T d
+    return [v for row in t for v in _bt(builder, row)]   # columns: (B^T d) B
+
+
+def _input_transform(x0, x1):
+    return _tile_transform(4, (0, 2), _input_tile, x0, x1, f"""Input transform of n tiles along one tile row,
+    positions {x0}..{x1 - 1}: D[d0 + (xi - {x0})*ld + m] = (B^T d_m B)[i, j] for xi = 4i + j.
 
     The 4x4 input tile m is d_m[r, q] = S[s0 + r*ws + 2m + q] (rows of the zero-padded
-    input, row stride ws); even and odd columns are separated by shuffles. Reads up to
-    column 2n + 1 of row 3.
-    """
-    return wg_in
+    input, row stride ws). Reads up to column 2n + 1 of row 3.
+    """)
 
 
 wg_in = _input_transform(0, 16)
@@ -158,41 +170,17 @@ def _a(builder, g):
     return [g[0], f.fadd(g[0], g[1]), f.fsub(g[0], g[1]), f.fneg(g[1])]
 
 
+def _grad_tile(builder, g):
+    """A g A^T of 2x2 tiles, flattened (xi = 4i + j)."""
+    t = [list(c) for c in zip(*[_a(builder, col) for col in zip(*g)])]   # A g: 4 rows of 2
+    return [v for row in t for v in _a(builder, row)]                    # (A g) A^T: 4 x 4
+
+
 def _grad_transform(x0, x1):
-    @intrinsic
-    def wg_grad(typingctx, D, d0, ld, S, s0, ws, n):
-        sig = types.void(_F32_1D, types.intp, types.intp, _F32_1D, types.intp, types.intp, types.intp)
-
-        def codegen(context, builder, signature, args):
-            D_, d0_, ld_, S_, s0_, ws_, n_ = args
-            vt = ir.VectorType(_F32, VL)
-            fns = _masked_fns(builder, vt)
-            dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
-            sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
-            even, odd = _even_odd()
-
-            def body(off, rem):
-                m = _tail(builder, rem, fns)
-                g = []
-                for r in range(2):
-                    row = builder.gep(sp, [builder.add(builder.mul(off, _c(2)), builder.mul(ws_, _c(r)))])
-                    a = _load(builder, _vptr(builder, row, _c(0)), _tail(builder, rem, fns, 2))
-                    b = _load(builder, _vptr(builder, row, _c(VL)), _tail(builder, rem, fns, 2, VL))
-                    g.append([builder.shuffle_vector(a, b, even), builder.shuffle_vector(a, b, odd)])
-                t = [list(c) for c in zip(*[_a(builder, col) for col in zip(*g)])]   # A g: 4 rows of 2
-                v = [_a(builder, row) for row in t]                                  # (A g) A^T: 4 x 4
-                _store_range(builder, dp, off, ld_, x0, x1, [v[i][j] for i in range(4) for j in range(4)], m)
-
-            _pair_op(builder, n_, body)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    wg_grad.__doc__ = f"""Output-gradient transform of n tiles along one tile row, positions {x0}..{x1 - 1}:
-    D[d0 + (xi - {x0})*ld + m] = (A g_m A^T)[i, j] for xi = 4i + j, where
-    g_m[a, c] = S[s0 + a*ws + 2m + c] (a, c < 2): the adjoint of the output transform.
-    """
-    return wg_grad
+    return _tile_transform(2, (0,), _grad_tile, x0, x1, f"""Output-gradient transform of n tiles along one
+    tile row, positions {x0}..{x1 - 1}: D[d0 + (xi - {x0})*ld + m] = (A g_m A^T)[i, j] for xi = 4i + j,
+    where g_m[a, c] = S[s0 + a*ws + 2m + c] (a, c < 2): the adjoint of the output transform.
+    """)
 
 
 wg_grad_lo = _grad_transform(0, 8)
