@@ -146,8 +146,8 @@ def _wino_gw(xb, Ci, plane, ws, gp, K, gplane, gws, th, tw, r, Tcv, ldv, ldg, ao
                 for xi in range(8):
                     vzero(G, xi * ldg + k * Tcv + Tc, L * VL - Tc)
             for xi in range(8):
-                for kb in range(Kp // MD):
-                    for cb in range(Cp // ND):
+                for cb in range(Cp // ND):
+                    for kb in range(Kp // MD):
                         mk_dot(G, xi * ldg, aoffs[kb * MD:(kb + 1) * MD], 0, V, xi * ldv,
                                boffs[cb * ND:(cb + 1) * ND], 0, 1, L, pf, o0 + (xi * Kp + kb * MD) * Cp + cb * ND, Cp)
 
