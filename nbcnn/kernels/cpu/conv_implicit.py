@@ -180,8 +180,7 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
         # (rows outer: the divisions once per row, not once per row and channel)
         for h in range(H):
             hp = h + pt
-            a = hp // sh
-            u = a
+            u = hp // sh
             a = hp - u * sh
             o_h = (u - u0[a * sw]) * Wb                           # row u in every phase (a, b)
             for c in range(C):
