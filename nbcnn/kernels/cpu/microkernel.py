@@ -21,10 +21,11 @@ The tile shape follows the host: 8 x 48 with 512-bit vectors (24 of the 32
 registers), 6 x 16 with AVX2-sized vectors. Results do not depend on threads.
 
 Maintainers: these intrinsics are inlined into the kernels of conv_implicit.py,
-conv_layout.py, winograd.py, pool.py and optim.py, and Numba's on-disk cache keys a kernel on its own file
-only. After editing this file, clear ``NUMBA_CACHE_DIR`` (or touch those files),
-or the old machine code is loaded from the cache. (A fresh install or CI
-starts with an empty cache.)
+conv_layout.py, winograd.py, pool.py and optim.py, and Numba's on-disk cache
+keys a kernel on its own file only. After editing this file (or
+winograd_ir.py), clear ``NUMBA_CACHE_DIR`` (or touch those files), or the old
+machine code is loaded from the cache. (A fresh install or CI starts with an
+empty cache.)
 """
 from __future__ import annotations
 
