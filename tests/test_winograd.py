@@ -134,7 +134,7 @@ def _small_shapes_take_the_path(monkeypatch, request):
 
 CASES = [
     # (N, C, H, W, K, pads (top, bottom, left, right))
-    (2, M, 8, 8, M, (1, 1, 1, 1)),                  # the smallest channel counts that take the path
+    (2, M, 8, 8, M, (1, 1, 1, 1)),                  # 16 channels in and out ('same')
     (3, M + 1, 7, 9, M + 3, (1, 1, 1, 1)),          # odd output sizes, K and C off every tile multiple
     (1, M, 5, 5, M + 4, (0, 0, 0, 0)),              # batch 1, "valid"
     (2, M + 4, 6, 11, M, (2, 1, 0, 2)),             # asymmetric pads 0..2
@@ -161,13 +161,15 @@ def test_winograd_conv_vs_reference(case):
     yr = ref.conv2d(x, w, b, (1, 1), pads)
     np.testing.assert_allclose(y, yr, rtol=1e-5, atol=2e-6 * np.abs(yr).max())
     gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
-    for got, want in zip(ops.conv2d_backward(gy, x, w, 1, pads, ctx=ctx), ref.conv2d_backward(gy, x, w, (1, 1), pads)):
+    grads = ops.conv2d_backward(gy, x, w, 1, pads, ctx=ctx)
+    for got, want in zip(grads, ref.conv2d_backward(gy, x, w, (1, 1), pads)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * np.abs(want).max())
-    gx, gw, gb = ops.conv2d_backward(gy, x, w, 1, pads)          # without the forward's buffer
-    assert gx is not None
-    _, gw2, gb2 = ops.conv2d_backward(gy, x, w, 1, pads, need_gx=False, ctx=ctx)
-    np.testing.assert_array_equal(gw2, gw)
-    np.testing.assert_array_equal(gb2, gb)
+    for got, want in zip(ops.conv2d_backward(gy, x, w, 1, pads), grads):   # without the forward's buffer
+        np.testing.assert_array_equal(got, want)
+    gx_none, gw2, gb2 = ops.conv2d_backward(gy, x, w, 1, pads, need_gx=False, ctx=ctx)
+    assert gx_none is None
+    np.testing.assert_array_equal(gw2, grads[1])
+    np.testing.assert_array_equal(gb2, grads[2])
 
 
 def test_winograd_gradients_by_finite_differences():
