@@ -3,7 +3,8 @@
 float32, the training dtype, always goes to :mod:`.conv_implicit`: implicit
 GEMM on nbcnn's own register-blocked micro-kernels, 3-4x faster than the
 im2col + OpenBLAS path below on every benchmark shape (RESULTS.md), and
-Winograd F(2x2, 3x3) for the 3x3 stride-1 layers with >= 32 channels.
+Winograd F(2x2, 3x3) for the 3x3 stride-1 layers with enough channels
+(``winograd.applies``).
 
 float64 (gradient checks, references) keeps two algorithms, chosen per shape:
 

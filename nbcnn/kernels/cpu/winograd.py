@@ -28,7 +28,7 @@ from numba import get_num_threads, get_thread_id, njit, prange
 
 from .bias import bias_grad
 from .conv_layout import fill_planes, round_up, thread_rows
-from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vzero
+from .microkernel import AVX512, MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vadd, vcopy, vzero
 from .scratch import scratch
 from .winograd_ir import wg_grad_hi, wg_grad_lo, wg_in, wg_in_hi, wg_in_lo, wg_out
 
@@ -37,10 +37,12 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 _GG = np.kron(_G, _G).astype(np.float32)
 
 # Measured break-even (fwd+bwd time vs the implicit GEMM, 2 threads; tests/test_winograd.py
-# lowers both to reach small shapes): 16-24 channels 1.1-1.6x slower, 32 channels 0.9-1.0x,
-# 64 channels 0.6-0.9x, 128 0.7x; a 14x14 batch-1 layer with 512 channels 1.1x (the
+# lowers both to reach small shapes). AVX-512: 16-24 channels 1.1-1.6x slower, 32 channels
+# 0.9-1.0x, 64 channels 0.6-0.9x, 128 0.7x. The 8-lane (AVX2) build, timed on the same Zen 5
+# cores: 8-24 channels already 0.66-0.82x (its 6x16 GEMM tile is the weaker one), 32-64
+# channels 0.53-0.61x. Both: a 14x14 batch-1 layer with 512 channels 1.04-1.1x (the
 # transformed filters are 16/9 the size of the weights and get little reuse).
-MIN_CHANNELS = 32
+MIN_CHANNELS = 32 if AVX512 else 16
 MIN_PIXELS = 1024   # N * Ho * Wo
 
 
