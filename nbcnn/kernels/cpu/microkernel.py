@@ -453,6 +453,20 @@ def _tail(builder, rem, fns, scale=1, minus=0):
     return (_lane_mask(builder, n, VL),) + fns
 
 
+def _split_masks():
+    """Shuffle masks taking the even / the odd lanes of two concatenated vectors."""
+    i32 = ir.IntType(32)
+    return (ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)]),
+            ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)]))
+
+
+def _join_masks():
+    """Shuffle masks interleaving two vectors a, b: (a0 b0 a1 b1 ...) low half, then high half."""
+    i32 = ir.IntType(32)
+    return (ir.Constant(ir.VectorType(i32, VL), [i // 2 + (VL if i % 2 else 0) for i in range(VL)]),
+            ir.Constant(ir.VectorType(i32, VL), [VL // 2 + i // 2 + (VL if i % 2 else 0) for i in range(VL)]))
+
+
 @intrinsic
 def vsplit2(typingctx, D, d0, e0, S, s0, n):
     """D[d0 + i] = S[s0 + 2i], D[e0 + i] = S[s0 + 2i + 1] for i < n: split even/odd columns (stride-2 phases)."""
@@ -461,13 +475,11 @@ def vsplit2(typingctx, D, d0, e0, S, s0, n):
     def codegen(context, builder, signature, args):
         D_, d0_, e0_, S_, s0_, n_ = args
         vt = ir.VectorType(_F32, VL)
-        i32 = ir.IntType(32)
         fns = _masked_fns(builder, vt)
         dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
         ep = _elem_ptr(context, builder, signature.args[0], D_, e0_)
         sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
-        even = ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)])
-        odd = ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)])
+        even, odd = _split_masks()
 
         def body(off, rem):
             s = builder.gep(sp, [builder.mul(off, _c(2))])
@@ -492,13 +504,11 @@ def vjoin2(typingctx, D, d0, S, s0, e0, n):
     def codegen(context, builder, signature, args):
         D_, d0_, S_, s0_, e0_, n_ = args
         vt = ir.VectorType(_F32, VL)
-        i32 = ir.IntType(32)
         fns = _masked_fns(builder, vt)
         dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
         sp = _elem_ptr(context, builder, signature.args[2], S_, s0_)
         ep = _elem_ptr(context, builder, signature.args[2], S_, e0_)
-        lo = ir.Constant(ir.VectorType(i32, VL), [i // 2 + (VL if i % 2 else 0) for i in range(VL)])
-        hi = ir.Constant(ir.VectorType(i32, VL), [VL // 2 + i // 2 + (VL if i % 2 else 0) for i in range(VL)])
+        lo, hi = _join_masks()
 
         def body(off, rem):
             m = _tail(builder, rem, fns)

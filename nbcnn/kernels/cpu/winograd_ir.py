@@ -16,7 +16,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .microkernel import VL, _F32, _F32_1D, _c, _elem_ptr, _lane_mask, _load, _masked_fns, _pair_op, _splat, _store, _tail
+from .microkernel import (VL, _F32, _F32_1D, _c, _elem_ptr, _join_masks, _lane_mask, _load, _masked_fns, _pair_op,
+                          _splat, _split_masks, _store, _tail)
 
 
 def _bt(builder, d):
@@ -46,12 +47,6 @@ def _vptr(builder, p, off):
     return builder.bitcast(builder.gep(p, [off]), ir.VectorType(_F32, VL).as_pointer())
 
 
-def _even_odd():
-    i32 = ir.IntType(32)
-    return (ir.Constant(ir.VectorType(i32, VL), [2 * i for i in range(VL)]),
-            ir.Constant(ir.VectorType(i32, VL), [2 * i + 1 for i in range(VL)]))
-
-
 def _tile_transform(nrows, shifts, transform, x0, x1, doc):
     """An intrinsic (D, d0, ld, S, s0, ws, n): for n tiles along one tile row, read nrows rows of
     S (row stride ws) at columns 2m + shift + (0, 1) for each shift (even/odd split by shuffles),
@@ -69,7 +64,7 @@ def _tile_transform(nrows, shifts, transform, x0, x1, doc):
             fns = _masked_fns(builder, vt)
             dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
             sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
-            even, odd = _even_odd()
+            even, odd = _split_masks()
 
             def body(off, rem):
                 rows = []
@@ -127,13 +122,11 @@ def wg_out(typingctx, D, d0, dws, S, s0, ld, n, wcols, rows, b):
     def codegen(context, builder, signature, args):
         D_, d0_, dws_, S_, s0_, ld_, n_, wcols_, rows_, b_ = args
         vt = ir.VectorType(_F32, VL)
-        i32 = ir.IntType(32)
         fns = _masked_fns(builder, vt)
         dp = _elem_ptr(context, builder, signature.args[0], D_, d0_)
         sp = _elem_ptr(context, builder, signature.args[3], S_, s0_)
         bv = _splat(builder, b_, vt)
-        lo = ir.Constant(ir.VectorType(i32, VL), [i // 2 + (VL if i % 2 else 0) for i in range(VL)])
-        hi = ir.Constant(ir.VectorType(i32, VL), [VL // 2 + i // 2 + (VL if i % 2 else 0) for i in range(VL)])
+        lo, hi = _join_masks()
 
         def body(off, rem):
             m = _tail(builder, rem, fns)
