@@ -160,7 +160,7 @@ def _input_grad(gy, wfp, wstart, offs, ostart, Rf, u0, u1, Cp, sh, sw, pt, pl, H
         tid = get_thread_id()
         g = gbuf[tid]
         ob = obuf[tid]
-        row = np.empty(sw * Wb, dtype=np.float32)   # one padded gx row, its column phases interleaved
+        row = np.empty(sw * Wb if sw > 2 else 0, dtype=np.float32)   # a padded gx row (sw > 2 only)
         vzero(g, 0, g.shape[0])
         for k in range(K):
             for oh in range(Ho):

@@ -45,8 +45,9 @@ def fill_planes(x, sh, sw, pt, pl, Hq, Wq, rowbuf, xb):
             vcopy(xb, base + u0 * Wq, xf, (t * H + u0 - pt) * W, (u1 - u0) * Wq, zero)
             vzero(xb, base + u1 * Wq, (Hq - u1) * Wq)
             continue
-        row = rowbuf[get_thread_id()]                   # one padded input row (sw > 1)
-        vzero(row, 0, row.shape[0])
+        row = rowbuf[get_thread_id()]                   # one padded input row (sw > 2 only)
+        if sw > 2:
+            vzero(row, 0, row.shape[0])
         for a in range(sh):
             for u in range(Hq):
                 h = u * sh + a - pt
