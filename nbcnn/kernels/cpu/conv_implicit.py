@@ -1,7 +1,10 @@
 """float32 convolution by implicit GEMM on nbcnn's own micro-kernels (no column matrix).
 
-3x3 stride-1 layers with enough channels and pixels go to :mod:`.winograd`
-instead (``winograd.applies``); both read the same padded input buffer.
+Two other float32 paths are tried first: stride-1 layers with small planes
+and batches of >= 2 groups of VL images (LeNet) go to :mod:`.conv_lanes`
+(``conv_lanes.applies``), 3x3 stride-1 layers with enough channels and pixels
+to :mod:`.winograd` (``winograd.applies``), which reads this path's padded
+input buffer.
 
 The input is zero-padded and split into its stride phases once
 (:mod:`.conv_layout`). In that layout every row
@@ -34,7 +37,7 @@ import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 
 from .microkernel import MD, MR, ND, NR, VL, compact_code, mk_dot, mk_outer, vcopy, vjoin2, vsum, vzero
-from . import winograd
+from . import conv_lanes, winograd
 from .conv_layout import fill_phases, geometry, round_up, thread_rows
 from .scratch import scratch
 
@@ -277,6 +280,8 @@ def _pack_rows(m2):
 
 
 def forward(x, w, b, stride, pads, ctx=None):
+    if conv_lanes.applies(x.shape, w.shape, stride, pads):
+        return conv_lanes.forward(x, w, b, pads, ctx)
     g = geometry(x.shape, w.shape, stride, pads)
     xb = None
     if ctx is not None:
@@ -303,6 +308,8 @@ def forward(x, w, b, stride, pads, ctx=None):
 
 def backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     """(gx or None, gw, gb) in float32."""
+    if conv_lanes.applies(x.shape, w.shape, stride, pads):
+        return conv_lanes.backward(gy, x, w, pads, need_gx, ctx)
     g = geometry(x.shape, w.shape, stride, pads)
     xb = ctx.get("mk_xb") if ctx is not None else None
     if xb is None or xb.shape[0] != g.xb_len:

@@ -12,7 +12,9 @@ matrix is the padded input shifted by a constant offset.
 Two kernels:
 
 * ``mk_outer``  C[MR, NR] = sum_k A[k, :MR] (x) B[off[k] : off[k] + NR]
-  (outer products; A packed k-major in panels of MR rows, NR = NV * VL).
+  (outer products; A packed k-major in panels of MR rows, NR = NV * VL);
+  ``mk_outer_cols`` is the same tile with each of its NV vectors read from
+  its own base.
 * ``mk_dot``    O[i, j] += sum over images and positions of
   A[aoff[i] + ...] * B[boff[j] + ...] (dot products: VL lanes in registers,
   summed once per call by a transposing tree).
@@ -20,8 +22,10 @@ Two kernels:
 The tile shape follows the host: 8 x 48 with 512-bit vectors (24 of the 32
 registers), 6 x 16 with AVX2-sized vectors. Results do not depend on threads.
 
+Row helpers (``vcopy``, ``vsum``, ``vtrans`` ...) move data around them.
+
 Maintainers: these intrinsics are inlined into the kernels of conv_implicit.py,
-conv_layout.py, winograd.py, pool.py and optim.py, and Numba's on-disk cache
+conv_lanes.py, conv_layout.py, winograd.py, pool.py and optim.py, and Numba's on-disk cache
 keys a kernel on its own file only. After editing this file (or
 winograd_ir.py), clear ``NUMBA_CACHE_DIR`` (or touch those files), or the old
 machine code is loaded from the cache. (A fresh install or CI starts with an
@@ -111,6 +115,43 @@ _F32_1D = types.Array(types.float32, 1, "C")
 _I64_1D = types.Array(types.int64, 1, "C")
 
 
+def _outer_codegen(context, builder, at, A_, a0_, bptrs, offs_, K_, C_, c0_, ldc_):
+    """The mk_outer tile loop; bptrs: the NV base pointers of B's vectors (before offs[k])."""
+    vt = ir.VectorType(_F32, VL)
+    fma = _fma(builder, vt)
+    ap0 = _elem_ptr(context, builder, at[0], A_, a0_)
+    op0 = _elem_ptr(context, builder, at[3], offs_, _c(0))
+    cp0 = _elem_ptr(context, builder, at[-3], C_, c0_)
+    zero = ir.Constant(vt, [0.0] * VL)
+    entry = builder.block
+    loop = builder.append_basic_block("mko_loop")
+    done = builder.append_basic_block("mko_done")
+    builder.cbranch(builder.icmp_signed(">", K_, _c(0)), loop, done)
+
+    builder.position_at_end(loop)
+    k, = _phis(builder, _I64, [[(_c(0), entry)]])
+    acc = _phis(builder, vt, [[(zero, entry)]] * (MR * NV))
+    off = builder.load(builder.gep(op0, [k]))
+    bv = [_vec_load(builder, builder.gep(bp, [off]), vt) for bp in bptrs]
+    ak = builder.gep(ap0, [builder.mul(k, _c(MR))])
+    new = []
+    for i in range(MR):
+        a = _splat(builder, builder.load(builder.gep(ak, [_c(i)])), vt)
+        for v in range(NV):
+            new.append(builder.call(fma, [a, bv[v], acc[i * NV + v]]))
+    k1 = builder.add(k, _c(1))
+    tail = builder.block
+    _close([k] + acc, [k1] + new, tail)
+    builder.cbranch(builder.icmp_signed("<", k1, K_), loop, done)
+
+    builder.position_at_end(done)
+    res = _phis(builder, vt, [[(zero, entry), (n, tail)] for n in new])
+    for i in range(MR):
+        row = builder.gep(cp0, [builder.mul(ldc_, _c(i))])
+        for v in range(NV):
+            _vec_store(builder, res[i * NV + v], builder.gep(row, [_c(v * VL)]), vt)
+
+
 @intrinsic
 def mk_outer(typingctx, A, a0, B, offs, b0, K, C, c0, ldc):
     """C[c0 + i*ldc + j] = sum_{k<K} A[a0 + k*MR + i] * B[b0 + offs[k] + j] for i < MR, j < NR.
@@ -123,41 +164,32 @@ def mk_outer(typingctx, A, a0, B, offs, b0, K, C, c0, ldc):
 
     def codegen(context, builder, signature, args):
         A_, a0_, B_, offs_, b0_, K_, C_, c0_, ldc_ = args
+        bp0 = _elem_ptr(context, builder, signature.args[2], B_, b0_)
+        bptrs = [builder.gep(bp0, [_c(v * VL)]) for v in range(NV)]
+        _outer_codegen(context, builder, signature.args, A_, a0_, bptrs, offs_, K_, C_, c0_, ldc_)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def mk_outer_cols(typingctx, A, a0, B, offs, cols, K, C, c0, ldc):
+    """mk_outer whose NV column vectors start anywhere: C[c0 + i*ldc + v*VL + l] =
+    sum_{k<K} A[a0 + k*MR + i] * B[cols[v] + offs[k] + l] for i < MR, v < NV, l < VL.
+
+    Why: in the batch-in-lanes layout (:mod:`.conv_lanes`) one vector is one
+    output position; a tile of NV consecutive positions may wrap to the next
+    output row, whose input starts elsewhere.
+    """
+    sig = types.void(_F32_1D, types.intp, _F32_1D, _I64_1D, _I64_1D, types.intp,
+                     _F32_1D, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        A_, a0_, B_, offs_, cols_, K_, C_, c0_, ldc_ = args
         at = signature.args
-        vt = ir.VectorType(_F32, VL)
-        fma = _fma(builder, vt)
-        ap0 = _elem_ptr(context, builder, at[0], A_, a0_)
-        bp0 = _elem_ptr(context, builder, at[2], B_, b0_)
-        op0 = _elem_ptr(context, builder, at[3], offs_, _c(0))
-        cp0 = _elem_ptr(context, builder, at[6], C_, c0_)
-        zero = ir.Constant(vt, [0.0] * VL)
-        entry = builder.block
-        loop = builder.append_basic_block("mko_loop")
-        done = builder.append_basic_block("mko_done")
-        builder.cbranch(builder.icmp_signed(">", K_, _c(0)), loop, done)
-
-        builder.position_at_end(loop)
-        k, = _phis(builder, _I64, [[(_c(0), entry)]])
-        acc = _phis(builder, vt, [[(zero, entry)]] * (MR * NV))
-        bp = builder.gep(bp0, [builder.load(builder.gep(op0, [k]))])
-        bv = [_vec_load(builder, builder.gep(bp, [_c(v * VL)]), vt) for v in range(NV)]
-        ak = builder.gep(ap0, [builder.mul(k, _c(MR))])
-        new = []
-        for i in range(MR):
-            a = _splat(builder, builder.load(builder.gep(ak, [_c(i)])), vt)
-            for v in range(NV):
-                new.append(builder.call(fma, [a, bv[v], acc[i * NV + v]]))
-        k1 = builder.add(k, _c(1))
-        tail = builder.block
-        _close([k] + acc, [k1] + new, tail)
-        builder.cbranch(builder.icmp_signed("<", k1, K_), loop, done)
-
-        builder.position_at_end(done)
-        res = _phis(builder, vt, [[(zero, entry), (n, tail)] for n in new])
-        for i in range(MR):
-            row = builder.gep(cp0, [builder.mul(ldc_, _c(i))])
-            for v in range(NV):
-                _vec_store(builder, res[i * NV + v], builder.gep(row, [_c(v * VL)]), vt)
+        cp = _elem_ptr(context, builder, at[4], cols_, _c(0))
+        bptrs = [_elem_ptr(context, builder, at[2], B_, builder.load(builder.gep(cp, [_c(v)]))) for v in range(NV)]
+        _outer_codegen(context, builder, at, A_, a0_, bptrs, offs_, K_, C_, c0_, ldc_)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -521,6 +553,63 @@ def vjoin2(typingctx, D, d0, S, s0, e0, n):
                    _tail(builder, rem, fns, 2, VL))
 
         _pair_op(builder, n_, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transpose(builder, rows):
+    """The VL x VL transpose of rows (VL vectors): log2(VL) rounds of swapping the off-diagonal
+    h x h blocks of every 2h x 2h block (h = VL/2, ..., 1), two shuffles per row pair per round."""
+    i32 = ir.IntType(32)
+    n = len(rows)
+    m = list(rows)
+    h = n // 2
+    while h >= 1:
+        lo = [(l // (2 * h)) * 2 * h + (l % (2 * h) if l % (2 * h) < h else n + l % (2 * h) - h) for l in range(n)]
+        hi = [x + h for x in lo]
+        lo_c, hi_c = (ir.Constant(ir.VectorType(i32, n), idx) for idx in (lo, hi))
+        for i in range(n):
+            if i & h:
+                continue
+            a, b = m[i], m[i + h]
+            m[i] = builder.shuffle_vector(a, b, lo_c)
+            m[i + h] = builder.shuffle_vector(a, b, hi_c)
+        h //= 2
+    return m
+
+
+@intrinsic
+def vtrans(typingctx, D, d0, dstride, nd, dlen, S, s0, sstride, ns, slen, b):
+    """One VL x VL block transposed: D[d0 + q*dstride + l] = S[s0 + l*sstride + q] + b
+
+    for q < nd, l < dlen; source rows l >= ns and lanes q >= slen read as zero.
+    Why: the batch-in-lanes convolution (:mod:`.conv_lanes`) keeps VL images in
+    the lanes of each vector; this moves NCHW rows in and out of that layout
+    (masked loads and stores: rows of 10 or 14 floats, a last group of fewer images).
+    """
+    sig = types.void(_F32_1D, types.intp, types.intp, types.intp, types.intp,
+                     _F32_1D, types.intp, types.intp, types.intp, types.intp, types.float32)
+
+    def codegen(context, builder, signature, args):
+        D_, d0_, ds_, nd_, dl_, S_, s0_, ss_, ns_, sl_, b_ = args
+        at = signature.args
+        vt = ir.VectorType(_F32, VL)
+        mload, mstore = _masked_fns(builder, vt)
+        al = ir.Constant(ir.IntType(32), 4)
+        zero = ir.Constant(vt, [0.0] * VL)
+        sp = _elem_ptr(context, builder, at[5], S_, s0_)
+        dp = _elem_ptr(context, builder, at[0], D_, d0_)
+        rows = []
+        for r in range(VL):
+            n = builder.select(builder.icmp_signed(">", ns_, _c(r)), sl_, _c(0))
+            p = builder.bitcast(builder.gep(sp, [builder.mul(ss_, _c(r))]), vt.as_pointer())
+            rows.append(builder.call(mload, [p, al, _lane_mask(builder, n, VL), zero]))
+        bv = _splat(builder, b_, vt)
+        for q, v in enumerate(_transpose(builder, rows)):
+            n = builder.select(builder.icmp_signed(">", nd_, _c(q)), dl_, _c(0))
+            p = builder.bitcast(builder.gep(dp, [builder.mul(ds_, _c(q))]), vt.as_pointer())
+            builder.call(mstore, [builder.fadd(v, bv), p, al, _lane_mask(builder, n, VL)])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -1,0 +1,283 @@
+"""float32 stride-1 convolution of few-channel layers with the batch in the vector lanes (LeNet).
+
+Why: the implicit GEMM (:mod:`.conv_implicit`) puts output positions in the
+lanes, computing whole padded rows: LeNet conv2 (14x14 -> 10x10) keeps 100 of
+every 144 computed columns, in the forward, the weight gradient and the input
+gradient alike. Here each vector holds ONE output position of VL images, so
+every tile is useful work, and the input gradient needs no zero rows either:
+LeNet conv2 fwd+bwd 0.40 -> ~0.30 ms (benchmarks/RESULTS.md).
+
+Layout, per group of VL images (the last group padded with zero lanes):
+``xT[g][c][hp][wp][lane]`` (the zero-padded input, Hp x Wp positions) and
+``gyT[g][k][p][lane]`` (p = oh*Wo + ow). ``vtrans`` moves VL x VL blocks of
+NCHW rows in and out.
+
+* forward: per group, ``Y^T = W @ col^T`` by ``mk_outer_cols`` tiles of NV
+  consecutive output positions (their input bases from a table, as a tile may
+  wrap to the next output row), transposed back with the bias;
+* weight gradient: per group, ``gY @ col^T`` by ``mk_dot`` (one segment per
+  output row); the per-group partial sums are added in group order;
+* input gradient: per group, ``gcol = W^T @ gY`` (``mk_outer``), added into a
+  gx^T buffer row by row at each tap's shift (only the rows and columns that
+  land inside x), transposed out.
+
+One parallel task per group, forward and backward one parallel region each;
+results do not depend on the thread count. The input buffer is kept in the
+layer's ``ctx`` between forward and backward.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import get_thread_id, njit, prange
+
+from .conv_layout import round_up, thread_rows
+from .microkernel import MD, MR, ND, NR, NV, VL, compact_code, mk_dot, mk_outer, mk_outer_cols, vadd, vtrans, vzero
+from .scratch import scratch
+
+MAX_GROUP_BYTES = 2 << 20   # one group's input, output and gcol buffers: within one core's L2 + a margin
+
+
+def applies(x_shape, w_shape, stride, pads) -> bool:
+    """Stride 1, at most 1/4 empty lanes, 2 or >= 4 groups, and one group's buffers within ~2 MB.
+
+    Measured vs the implicit GEMM (fwd+bwd, 2 threads): 0.52-0.80x wherever this applies
+    (LeNet conv1/conv2 at batch 32-256, few-channel CIFAR-style and 4x4..8x8 layers with
+    up to 64 channels); 1.2-1.45x slower with 1 or 3 groups (a thread idles). The rule
+    leaves the thread count out on purpose, so results stay identical for any thread count.
+    """
+    N, C, H, W = x_shape
+    K, _, kh, kw = w_shape
+    if tuple(stride) != (1, 1):
+        return False
+    G = -(-N // VL)
+    if G < 2 or G == 3 or 4 * G * VL > 5 * N:
+        return False
+    g = _geometry(x_shape, w_shape, pads)
+    return 4 * (g.img + round_up(K, MR) * g.Pt * VL + g.Rp * g.ldc) <= MAX_GROUP_BYTES
+
+
+class _Geo:
+    """Sizes and tables of one shape case (cached: a layer sees the same shapes every step)."""
+
+    def __init__(self, x_shape, w_shape, pads):
+        N, C, H, W = x_shape
+        K, _, kh, kw = w_shape
+        pt, pb, pl, pr = pads
+        self.N, self.C, self.H, self.W, self.K, self.kh, self.kw, self.pt, self.pl = N, C, H, W, K, kh, kw, pt, pl
+        self.Hp, self.Wp = H + pt + pb, W + pl + pr
+        self.Ho, self.Wo = self.Hp - kh + 1, self.Wp - kw + 1
+        self.P = self.Ho * self.Wo
+        self.G = -(-N // VL)
+        self.R = C * kh * kw
+        self.img = round_up(C * self.Hp * self.Wp * VL, 64)
+        c, i, j = np.meshgrid(np.arange(C), np.arange(kh), np.arange(kw), indexing="ij")
+        self.offs = (((c * self.Hp + i) * self.Wp + j) * VL).reshape(-1).astype(np.int64)
+        T = -(-self.P // NV)                           # forward tiles per group
+        p = np.minimum(np.arange(T * NV), self.P - 1)   # the last tile repeats the last position
+        self.cols = ((p // self.Wo * self.Wp + p % self.Wo) * VL).astype(np.int64)
+        self.Pt = T * NV
+        Kd, Rd = round_up(K, MD), round_up(self.R, ND)
+        self.aoffs = (np.minimum(np.arange(Kd), K - 1) * self.P * VL).astype(np.int64)
+        self.boffs = self.offs[np.minimum(np.arange(Rd), self.R - 1)]
+        self.Kd, self.Rd = Kd, Rd
+        self.goffs = (np.arange(K) * self.P * VL).astype(np.int64)
+        self.Rp = round_up(self.R, MR)
+        self.ldc = round_up(self.P * VL, NR)             # gcol row length
+        self.gy_len = self.G * K * self.P * VL + NR     # + NR: the last gcol tile reads past the end
+
+
+_GEOS: dict = {}
+
+
+def _geometry(x_shape, w_shape, pads) -> _Geo:
+    key = (tuple(x_shape), tuple(w_shape), tuple(pads))
+    g = _GEOS.get(key)
+    if g is None:
+        if len(_GEOS) > 256:
+            _GEOS.clear()
+        g = _GEOS[key] = _Geo(*key)
+    return g
+
+
+@njit(cache=True)
+def _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img):
+    """xT[g*img + ((c*Hp + h + pt)*Wp + w + pl)*VL + lane] = x[g*VL + lane, c, h, w] (zero elsewhere)."""
+    N, C, H, W = x.shape
+    xf = x.reshape(N * C * H * W)
+    n0 = g * VL
+    nimg = min(VL, N - n0)
+    base = g * img
+    zero = np.float32(0)
+    if padded:
+        vzero(xT, base, C * Hp * Wp * VL)
+        for c in range(C):
+            for h in range(H):
+                for cb in range(0, W, VL):
+                    m = min(VL, W - cb)
+                    vtrans(xT, base + ((c * Hp + h + pt) * Wp + pl + cb) * VL, VL, m, VL,
+                           xf, ((n0 * C + c) * H + h) * W + cb, C * H * W, nimg, m, zero)
+        return
+    HW = H * W
+    for c in range(C):   # rows contiguous in both layouts: whole planes in VL-position blocks
+        for pb in range(0, HW, VL):
+            m = min(VL, HW - pb)
+            vtrans(xT, base + (c * HW + pb) * VL, VL, m, VL, xf, (n0 * C + c) * HW + pb, C * HW, nimg, m, zero)
+
+
+@njit(parallel=True, cache=True)
+def _fill(x, Hp, Wp, pt, pl, padded, xT, img):
+    for g in prange(-(-x.shape[0] // VL)):
+        compact_code()
+        _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
+
+
+@njit(parallel=True, cache=True)
+def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, wp, Kp, Pt, bias, ybuf, y):
+    """Per group: fill xT, Y^T tiles (mk_outer_cols), then y = transpose + bias."""
+    N, K, Ho, Wo = y.shape
+    R = offs.shape[0]
+    P = Ho * Wo
+    ld = Pt * VL
+    yf = y.reshape(N * K * P)
+    for g in prange(-(-N // VL)):
+        compact_code()
+        _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
+        yb = ybuf[get_thread_id()]
+        xg = xT[g * img:]
+        for t in range(Pt // NV):
+            for kb in range(Kp // MR):
+                mk_outer_cols(wp, kb * R * MR, xg, offs, cols[t * NV:], R, yb, kb * MR * ld + t * NV * VL, ld)
+        n0 = g * VL
+        nimg = min(VL, N - n0)
+        for k in range(K):
+            for pb in range(0, P, VL):
+                m = min(VL, P - pb)
+                vtrans(yf, (n0 * K + k) * P + pb, K * P, nimg, m, yb, k * ld + pb * VL, VL, m, VL, bias[k])
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc"})
+def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, wtp, Rp, goffs, ldc, kh, kw, pt, pl,
+              gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx):
+    """Per group: gyT (+ bias-gradient part), the weight-gradient part (mk_dot), and gx through
+    gcol; then the parts summed in group order (fastmath: only the bias sums vectorise)."""
+    N, K, Ho, Wo = gy.shape
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    P = Ho * Wo
+    HW = H * W
+    G = -(-N // VL)
+    R = gw.shape[1]
+    gf = gy.reshape(N * K * P)
+    gxf = gx.reshape(gx.size)
+    zero = np.float32(0)
+    for g in prange(G):
+        compact_code()
+        n0 = g * VL
+        nimg = min(VL, N - n0)
+        gb0 = g * K * P * VL
+        for k in range(K):
+            for pb in range(0, P, VL):
+                m = min(VL, P - pb)
+                vtrans(gyT, gb0 + (k * P + pb) * VL, VL, m, VL, gf, (n0 * K + k) * P + pb, K * P, nimg, m, zero)
+            seg = gyT[gb0 + k * P * VL:gb0 + (k + 1) * P * VL]
+            s = np.float32(0)
+            for i in range(P * VL):
+                s += seg[i]
+            gbpart[g, k] = s
+        part = gwpart[g]
+        vzero(part, 0, Kd * Rd)
+        for kb in range(Kd // MD):
+            for jb in range(Rd // ND):
+                mk_dot(gyT, gb0, aoffs[kb * MD:], Wo * VL, xT, g * img, boffs[jb * ND:], Wp * VL, Ho, Wo,
+                       part, kb * MD * Rd + jb * ND, Rd)
+        if not need_gx:
+            continue
+        tid = get_thread_id()
+        gc = cbuf[tid]
+        for jb in range(0, P * VL, NR):
+            for ib in range(Rp // MR):
+                mk_outer(wtp, ib * K * MR, gyT, goffs, gb0 + jb, K, gc, ib * MR * ldc + jb, ldc)
+        gt = gxbuf[tid]
+        vzero(gt, 0, C * HW * VL)
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    ow0 = max(0, pl - j)
+                    ow1 = min(Wo, W + pl - j)
+                    if ow1 <= ow0:
+                        continue
+                    for oh in range(max(0, pt - i), min(Ho, H + pt - i)):
+                        vadd(gt, ((c * H + oh + i - pt) * W + ow0 + j - pl) * VL, gc, r * ldc + (oh * Wo + ow0) * VL,
+                             (ow1 - ow0) * VL)
+        for c in range(C):
+            for pb in range(0, HW, VL):
+                m = min(VL, HW - pb)
+                vtrans(gxf, (n0 * C + c) * HW + pb, C * HW, nimg, m, gt, (c * HW + pb) * VL, VL, m, VL, zero)
+    for k in range(K):
+        s = np.float32(0)
+        for g in range(G):
+            s += gbpart[g, k]
+        gb[k] = s
+        for r in range(R):
+            s = np.float32(0)
+            for g in range(G):
+                s += gwpart[g, k * Rd + r]
+            gw[k, r] = s
+
+
+def _pack(m2):
+    """(M, R) -> panels of MR rows, k-major inside a panel (the mk_outer A operand)."""
+    M, R = m2.shape
+    Mp = round_up(M, MR)
+    padded = np.zeros((Mp, R), dtype=np.float32)
+    padded[:M] = m2
+    return np.ascontiguousarray(padded.reshape(Mp // MR, MR, R).transpose(0, 2, 1)).reshape(-1), Mp
+
+
+def _input_buffer(g, ctx):
+    xT = ctx.get("ln_xT") if ctx is not None else None
+    if xT is None or xT.shape[0] != g.G * g.img:
+        xT = np.empty(g.G * g.img, dtype=np.float32)
+        if ctx is not None:
+            ctx["ln_xT"] = xT
+    return xT
+
+
+def forward(x, w, b, pads, ctx=None):
+    g = _geometry(x.shape, w.shape, pads)
+    xT = _input_buffer(g, ctx)
+    wp, Kp = _pack(w.reshape(g.K, g.R))
+    bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
+    y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
+    ybuf = thread_rows("ln_y", Kp * g.Pt * VL)
+    _forward(x, g.Hp, g.Wp, g.pt, g.pl, any(pads), xT, g.img, g.offs, g.cols, wp, Kp, g.Pt, bias, ybuf, y)
+    return y
+
+
+def backward(gy, x, w, pads, need_gx=True, ctx=None):
+    """(gx or None, gw, gb); reads the input buffer the forward left in ctx (refills it without one)."""
+    g = _geometry(x.shape, w.shape, pads)
+    had = ctx is not None and ctx.get("ln_xT") is not None and ctx["ln_xT"].shape[0] == g.G * g.img
+    xT = _input_buffer(g, ctx)
+    if not had:
+        _fill(x, g.Hp, g.Wp, g.pt, g.pl, any(pads), xT, g.img)
+    gy = np.ascontiguousarray(gy)
+    K, R = g.K, g.R
+    gyT = scratch("ln_gyT", (g.gy_len,), np.float32)
+    gyT[g.gy_len - NR:] = 0
+    gwpart = scratch("ln_gw", (g.G, g.Kd * g.Rd), np.float32)
+    gbpart = scratch("ln_gb", (g.G, K), np.float32)
+    gw = np.empty((K, R), dtype=np.float32)
+    gb = np.empty(K, dtype=np.float32)
+    if need_gx:
+        wtp, Rp = _pack(np.ascontiguousarray(w.reshape(K, R).T))
+        gx = np.empty(x.shape, dtype=np.float32)
+        cbuf = thread_rows("ln_gcol", Rp * g.ldc)
+        gxbuf = thread_rows("ln_gx", g.C * g.H * g.W * VL)
+    else:   # placeholders of the right types
+        wtp, Rp = np.zeros(MR, np.float32), MR
+        gx = np.empty((0, g.C, g.H, g.W), dtype=np.float32)
+        cbuf = gxbuf = np.zeros((1, 1), np.float32)
+    _backward(gy, xT, g.img, g.Wp, g.aoffs, g.boffs, g.Kd, g.Rd, need_gx, wtp, Rp, g.goffs, g.ldc, g.kh, g.kw,
+              g.pt, g.pl, gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx)
+    return (gx if need_gx else None), gw.reshape(w.shape), gb
