@@ -280,19 +280,21 @@ def test_geometry_slack_covers_every_read():
 
 def test_avx2_tile_shape_in_a_subprocess(tmp_path):
     """The tile shape used on CPUs without AVX-512 (NUMBA_CPU_NAME set -> 8-lane vectors), on three
-    implicit-GEMM cases and one Winograd case (its thresholds lowered to reach a small shape)."""
+    implicit-GEMM cases, one Winograd case (its thresholds lowered to reach a small shape) and one
+    batch-in-lanes case (LeNet conv2 at 2 groups of 8 images)."""
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import numpy as np
         import _reference as ref
         from nbcnn import ops
-        from nbcnn.kernels.cpu import microkernel as m, winograd
+        from nbcnn.kernels.cpu import conv_lanes, microkernel as m, winograd
         assert (m.VL, m.AVX512) == (8, False), (m.VL, m.AVX512)
+        assert conv_lanes.applies((16, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0))
         winograd.MIN_CHANNELS, winograd.MIN_PIXELS = 16, 1
         rng = np.random.default_rng(0)
         for (N, C, H, W, K, k, s, p) in [(2, 3, 9, 8, 7, 3, 1, 1), (2, 5, 11, 10, 9, 3, 2, 1), (1, 1, 6, 6, 2, 5, 1, 2),
-                                         (2, 17, 9, 21, 19, 3, 1, 1)]:
+                                         (2, 17, 9, 21, 19, 3, 1, 1), (16, 6, 14, 14, 16, 5, 1, 0)]:
             x = rng.standard_normal((N, C, H, W)).astype(np.float32)
             w = rng.standard_normal((K, C, k, k)).astype(np.float32)
             y = ops.conv2d(x, w, None, s, p)

@@ -8,13 +8,14 @@ import pytest
 from nbcnn import ops
 
 CASES = [
-    # (N, C, H, W, K, k, stride, padding): im2col, direct, strided, 1x1, Winograd
+    # (N, C, H, W, K, k, stride, padding): im2col, direct, strided, 1x1, Winograd, lanes
     (4, 8, 12, 12, 6, 3, 1, 1),
     (8, 1, 14, 14, 4, 5, 1, 2),
     (3, 2, 11, 11, 5, 3, 1, 0),
     (4, 4, 13, 13, 6, 3, 2, 1),
     (4, 6, 9, 9, 5, 1, 1, 0),
     (5, 32, 17, 15, 33, 3, 1, 1),   # float32: Winograd (chunks of tile rows, per-group partial sums)
+    (32, 6, 14, 14, 16, 5, 1, 0),   # float32: batch in the lanes (per-group partial sums)
 ]
 
 
