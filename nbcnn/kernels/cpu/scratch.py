@@ -29,6 +29,12 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
+def current(name: str, dtype):
+    """The buffer scratch(name, ..., dtype) hands out views of now (None if none yet)."""
+    pool = getattr(_local, "pool", None)
+    return None if pool is None else pool.get((name, np.dtype(dtype)))
+
+
 def clear() -> None:
     """Free all scratch buffers of this thread."""
     _local.pool = {}
