@@ -22,7 +22,7 @@ def _trans(D, d0, ds, nd, dl, S, s0, ss, ns, sl, b):
     vtrans(D, d0, ds, nd, dl, S, s0, ss, ns, sl, b)
 
 
-@pytest.mark.parametrize("nd,dl,ns,sl", [(VL, VL, VL, VL), (10, VL, VL, 10), (VL, 10, 10, VL), (3, 5, 7, 2),
+@pytest.mark.parametrize("nd,dl,ns,sl", [(VL, VL, VL, VL), (VL - 3, VL, VL, VL - 3), (VL, VL - 3, VL - 3, VL), (3, 5, 7, 2),
                                          (0, 4, 4, 4), (VL, VL, 0, VL), (1, 1, 1, 1)])
 def test_vtrans_moves_one_block_and_nothing_else(nd, dl, ns, sl):
     rng = np.random.default_rng(nd * 100 + dl)
@@ -149,7 +149,11 @@ def test_a_nan_stays_in_its_own_image():
     ((3 * VL, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), False),     # three groups: likewise
     ((2 * VL - VL // 2, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), False),   # > 1/4 empty lanes
     ((4 * VL, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0, 0, 0), False),     # strided
-    ((4 * VL, 64, 32, 32), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1), False),   # VGG-sized planes: over budget
+    ((4 * VL, 64, 32, 32), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1), False),   # VGG-sized planes
+    ((4 * VL, 3, 32, 32), (16, 3, 3, 3), (1, 1), (1, 1, 1, 1), False),     # 32x32: no gain measured
+    ((4 * VL, 32, 16, 16), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), False),   # Winograd's (16x16 plane)
+    ((4 * VL, 32, 7, 7), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), True),      # 7x7: lanes beat Winograd
+    ((4 * VL, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1, 1, 1), False),  # buffers over budget
 ])
 def test_which_convolutions_take_the_lanes_path(shape, wshape, stride, pads, expected):
     assert conv_lanes.applies(shape, wshape, stride, pads) is expected
@@ -158,3 +162,43 @@ def test_which_convolutions_take_the_lanes_path(shape, wshape, stride, pads, exp
         assert g.img >= shape[1] * g.Hp * g.Wp * VL
         assert int(g.cols.max()) + int(g.offs.max()) + VL <= g.img
         assert g.aoffs.shape[0] % MD == 0 and g.boffs.shape[0] % ND == 0
+
+
+def test_chunked_forward_and_gcol_match_whole(monkeypatch):
+    """Y^T and gcol are computed a few output positions / rows at a time (L2-sized chunks);
+    tiny chunk budgets (several chunks, a partial last one) give the same results."""
+    case = (2 * VL, 3, 11, 13, MR + 3, 3, 5, (1, 1, 2, 0))
+    x, w, b, pads = _data(case, seed=8)
+    gy = np.random.default_rng(9).standard_normal(ref.conv2d(x, w, b, (1, 1), pads).shape).astype(np.float32)
+
+    def run(budget):
+        monkeypatch.setattr(conv_lanes, "YBUF_BYTES", budget)
+        monkeypatch.setattr(conv_lanes, "GCOL_BYTES", budget)
+        monkeypatch.setattr(conv_lanes, "_GEOS", {})
+        assert conv_lanes.applies(x.shape, w.shape, (1, 1), pads)
+        return conv_lanes._geometry(x.shape, w.shape, pads), [ops.conv2d(x, w, b, 1, pads),
+                                                             *ops.conv2d_backward(gy, x, w, 1, pads)]
+
+    g, whole = run(1 << 30)
+    assert g.cp >= g.P and g.rc >= g.Ho
+    g, chunked = run(1)
+    assert g.cp < g.P and g.P % g.cp != 0 and g.rc == 1
+    np.testing.assert_array_equal(chunked[0], whole[0])       # same tiles, same sums
+    np.testing.assert_array_equal(chunked[2], whole[2])
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-6, atol=1e-6 * np.abs(whole[1]).max())  # add order
+    gxr = ref.conv2d_backward(gy, x, w, (1, 1), pads)[0]
+    np.testing.assert_allclose(chunked[1], gxr, rtol=1e-5, atol=1e-5 * np.abs(gxr).max())
+
+
+def test_a_layer_ctx_keeps_its_lanes_buffer_across_steps():
+    """The lanes input buffer survives the forward's ctx reset: refilled in place each step."""
+    x, w, b, pads = _data(CASES[0], seed=10)
+    ctx = {}
+    ops.conv2d(x, w, b, 1, pads, ctx=ctx)
+    buf = ctx["ln_xT"]
+    x2 = (x[::-1] * 2).copy()
+    y2 = ops.conv2d(x2, w, b, 1, pads, ctx=ctx)
+    assert ctx["ln_xT"] is buf
+    gy = np.random.default_rng(11).standard_normal(y2.shape).astype(np.float32)
+    for got, want in zip(ops.conv2d_backward(gy, x2, w, 1, pads, ctx=ctx), ref.conv2d_backward(gy, x2, w, (1, 1), pads)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

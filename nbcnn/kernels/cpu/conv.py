@@ -329,12 +329,12 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None):
     old_col = None
     if ctx is not None:
         # buffers reused across steps (a fresh one costs page faults); refilled below
-        old_col, old_xb = ctx.get("col"), ctx.get("mk_xb")
+        old_col = ctx.get("col")
+        keep = {k: ctx[k] for k in ("mk_xb", "ln_xT") if k in ctx}
         ctx.clear()
+        ctx.update(keep)
         ctx["key"] = key
         ctx["x"] = x  # the backward reuses this work only for this very input
-        if old_xb is not None:
-            ctx["mk_xb"] = old_xb
     if x.dtype == np.float32:
         return conv_implicit.forward(x, w, b, stride, pads, ctx)
     y = np.empty((N, K, Ho, Wo), dtype=x.dtype)

@@ -1,11 +1,12 @@
-"""float32 stride-1 convolution of few-channel layers with the batch in the vector lanes (LeNet).
+"""float32 stride-1 convolution of small planes with the batch in the vector lanes (LeNet).
 
 Why: the implicit GEMM (:mod:`.conv_implicit`) puts output positions in the
 lanes, computing whole padded rows: LeNet conv2 (14x14 -> 10x10) keeps 100 of
 every 144 computed columns, in the forward, the weight gradient and the input
 gradient alike. Here each vector holds ONE output position of VL images, so
 every tile is useful work, and the input gradient needs no zero rows either:
-LeNet conv2 fwd+bwd 0.40 -> ~0.30 ms (benchmarks/RESULTS.md).
+LeNet conv2 fwd+bwd 0.39 -> 0.27-0.31 ms (benchmarks/RESULTS.md). Chunks of the
+output (forward) and of gcol (input gradient) are sized to stay in L2.
 
 Layout, per group of VL images (the last group padded with zero lanes):
 ``xT[g][c][hp][wp][lane]`` (the zero-padded input, Hp x Wp positions) and
@@ -30,30 +31,40 @@ from __future__ import annotations
 import numpy as np
 from numba import get_thread_id, njit, prange
 
+from . import winograd
 from .conv_layout import round_up, thread_rows
 from .microkernel import MD, MR, ND, NR, NV, VL, compact_code, mk_dot, mk_outer, mk_outer_cols, vadd, vtrans, vzero
 from .scratch import scratch
 
-MAX_GROUP_BYTES = 2 << 20   # one group's input, output and gcol buffers: within one core's L2 + a margin
+MAX_POSITIONS = 800          # output positions per image: LeNet conv1 (784) gains 0.84x, 32x32 planes break even
+WINOGRAD_FROM = 64           # where Winograd applies it wins from 16x16 planes (lanes 1.08-1.15x); 8x8 ~even, 7x7 0.5x
+MAX_GROUP_BYTES = 2 << 20    # one group's input plus one thread's Y^T and gcol chunks: one core's L2 and a margin
+GCOL_BYTES = 256 << 10       # gcol chunk per thread (LeNet conv1's whole gcol, 1.6 MB, ran its gx ~10 % slower)
+YBUF_BYTES = 128 << 10       # Y^T chunk per thread (a whole 32x32 plane's, ~1 MB, ran the forward ~20 % slower)
 
 
 def applies(x_shape, w_shape, stride, pads) -> bool:
-    """Stride 1, at most 1/4 empty lanes, 2 or >= 4 groups, and one group's buffers within ~2 MB.
+    """Stride 1, small planes, at most 1/4 empty lanes, 2 or >= 4 groups, buffers within ~2 MB.
 
-    Measured vs the implicit GEMM (fwd+bwd, 2 threads): 0.52-0.80x wherever this applies
-    (LeNet conv1/conv2 at batch 32-256, few-channel CIFAR-style and 4x4..8x8 layers with
-    up to 64 channels); 1.2-1.45x slower with 1 or 3 groups (a thread idles). The rule
-    leaves the thread count out on purpose, so results stay identical for any thread count.
+    Measured vs the other float32 paths (fwd+bwd, 2 threads, same process): LeNet conv2
+    0.68-0.72x (batch 32-256), LeNet conv1 0.82-0.95x, 5x5 layers on 14x14 with 8-16
+    channels 0.67-0.73x, 3x3 layers on 4x4..10x10 with up to 64 channels 0.46-0.75x (7x7
+    with 32 channels against Winograd: 0.5x); 1.2-1.45x slower with 1 or 3 groups (a
+    thread idles). The rule leaves the thread count out on purpose, so results stay
+    identical for any thread count.
     """
     N, C, H, W = x_shape
     K, _, kh, kw = w_shape
     if tuple(stride) != (1, 1):
         return False
+    P = (H + pads[0] + pads[1] - kh + 1) * (W + pads[2] + pads[3] - kw + 1)
+    if P > MAX_POSITIONS or (P > WINOGRAD_FROM and winograd.applies(x_shape, w_shape, stride, pads)):
+        return False
     G = -(-N // VL)
     if G < 2 or G == 3 or 4 * G * VL > 5 * N:
         return False
     g = _geometry(x_shape, w_shape, pads)
-    return 4 * (g.img + round_up(K, MR) * g.Pt * VL + g.Rp * g.ldc) <= MAX_GROUP_BYTES
+    return 4 * (g.img + round_up(K, MR) * g.cp * VL + g.Rp * g.ldc) <= MAX_GROUP_BYTES
 
 
 class _Geo:
@@ -76,14 +87,16 @@ class _Geo:
         T = -(-self.P // NV)                           # forward tiles per group
         p = np.minimum(np.arange(T * NV), self.P - 1)   # the last tile repeats the last position
         self.cols = ((p // self.Wo * self.Wp + p % self.Wo) * VL).astype(np.int64)
-        self.Pt = T * NV
+        unit = NV * VL // int(np.gcd(NV, VL))            # forward chunks: whole tiles and whole transpose blocks
+        self.cp = min(round_up(self.P, unit), max(unit, (YBUF_BYTES // 4) // (round_up(K, MR) * VL) // unit * unit))
         Kd, Rd = round_up(K, MD), round_up(self.R, ND)
         self.aoffs = (np.minimum(np.arange(Kd), K - 1) * self.P * VL).astype(np.int64)
         self.boffs = self.offs[np.minimum(np.arange(Rd), self.R - 1)]
         self.Kd, self.Rd = Kd, Rd
         self.goffs = (np.arange(K) * self.P * VL).astype(np.int64)
         self.Rp = round_up(self.R, MR)
-        self.ldc = round_up(self.P * VL, NR)             # gcol row length
+        self.rc = max(1, min(self.Ho, (GCOL_BYTES // 4) // (self.Rp * self.Wo * VL)))   # output rows per gcol chunk
+        self.ldc = round_up(self.rc * self.Wo * VL, NR)   # gcol row length
         self.gy_len = self.G * K * self.P * VL + NR     # + NR: the last gcol tile reads past the end
 
 
@@ -144,13 +157,15 @@ def _pack(m2, out):
 
 
 @njit(parallel=True, cache=True)
-def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, Pt, bias, ybuf, y):
-    """Per group: fill xT, Y^T tiles (mk_outer_cols), then y = transpose + bias."""
+def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, bias, ybuf, y):
+    """Per group: fill xT, then per chunk of cp output positions Y^T tiles (mk_outer_cols) and
+    y = transpose + bias (the chunk's Y^T stays in L2)."""
     N, K, Ho, Wo = y.shape
     R = offs.shape[0]
     P = Ho * Wo
-    ld = Pt * VL
+    ld = cp * VL
     Kp = wp.shape[0] // R
+    T = cols.shape[0] // NV
     _pack(w.reshape(K, R), wp)
     yf = y.reshape(N * K * P)
     for g in prange(-(-N // VL)):
@@ -158,19 +173,20 @@ def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, Pt, bias, yb
         _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
         yb = ybuf[get_thread_id()]
         xg = xT[g * img:]
-        for t in range(Pt // NV):
-            for kb in range(Kp // MR):
-                mk_outer_cols(wp, kb * R * MR, xg, offs, cols[t * NV:], R, yb, kb * MR * ld + t * NV * VL, ld)
         n0 = g * VL
         nimg = min(VL, N - n0)
-        for k in range(K):
-            for pb in range(0, P, VL):
-                m = min(VL, P - pb)
-                vtrans(yf, (n0 * K + k) * P + pb, K * P, nimg, m, yb, k * ld + pb * VL, VL, m, VL, bias[k])
+        for p0 in range(0, P, cp):   # cp: a multiple of NV and of VL
+            for t in range(p0 // NV, min(T, (p0 + cp) // NV)):
+                for kb in range(Kp // MR):
+                    mk_outer_cols(wp, kb * R * MR, xg, offs, cols[t * NV:], R, yb, kb * MR * ld + (t * NV - p0) * VL, ld)
+            for k in range(K):
+                for pb in range(p0, min(P, p0 + cp), VL):
+                    m = min(VL, P - pb)
+                    vtrans(yf, (n0 * K + k) * P + pb, K * P, nimg, m, yb, k * ld + (pb - p0) * VL, VL, m, VL, bias[k])
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc"})
-def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, w, wtp, goffs, ldc, kh, kw, pt, pl,
+def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, w, wtp, goffs, rc, ldc, kh, kw, pt, pl,
               gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx):
     """Per group: gyT (+ bias-gradient part), the weight-gradient part (mk_dot), and gx through
     gcol; then the parts summed in group order (fastmath: only the bias sums vectorise)."""
@@ -210,22 +226,24 @@ def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, w, wtp, goffs, ldc
             continue
         tid = get_thread_id()
         gc = cbuf[tid]
-        for jb in range(0, P * VL, NR):
-            for ib in range(Rp // MR):
-                mk_outer(wtp, ib * K * MR, gyT, goffs, gb0 + jb, K, gc, ib * MR * ldc + jb, ldc)
         gt = gxbuf[tid]
         vzero(gt, 0, C * HW * VL)
-        for c in range(C):
-            for i in range(kh):
-                for j in range(kw):
-                    r = (c * kh + i) * kw + j
-                    ow0 = max(0, pl - j)
-                    ow1 = min(Wo, W + pl - j)
-                    if ow1 <= ow0:
-                        continue
-                    for oh in range(max(0, pt - i), min(Ho, H + pt - i)):
-                        vadd(gt, ((c * H + oh + i - pt) * W + ow0 + j - pl) * VL, gc, r * ldc + (oh * Wo + ow0) * VL,
-                             (ow1 - ow0) * VL)
+        for oh0 in range(0, Ho, rc):          # gcol a few output rows at a time: it stays in L2
+            oh1 = min(Ho, oh0 + rc)
+            for jb in range(0, (oh1 - oh0) * Wo * VL, NR):
+                for ib in range(Rp // MR):
+                    mk_outer(wtp, ib * K * MR, gyT, goffs, gb0 + oh0 * Wo * VL + jb, K, gc, ib * MR * ldc + jb, ldc)
+            for c in range(C):
+                for i in range(kh):
+                    for j in range(kw):
+                        r = (c * kh + i) * kw + j
+                        ow0 = max(0, pl - j)
+                        ow1 = min(Wo, W + pl - j)
+                        if ow1 <= ow0:
+                            continue
+                        for oh in range(max(oh0, pt - i), min(oh1, H + pt - i)):
+                            vadd(gt, ((c * H + oh + i - pt) * W + ow0 + j - pl) * VL, gc,
+                                 r * ldc + ((oh - oh0) * Wo + ow0) * VL, (ow1 - ow0) * VL)
         for c in range(C):
             for pb in range(0, HW, VL):
                 m = min(VL, HW - pb)
@@ -258,8 +276,8 @@ def forward(x, w, b, pads, ctx=None):
     wp = scratch("ln_wp", (Kp * g.R,), np.float32)
     bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
     y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
-    ybuf = thread_rows("ln_y", Kp * g.Pt * VL)
-    _forward(x, g.Hp, g.Wp, g.pt, g.pl, g.padded, xT, g.img, g.offs, g.cols, w, wp, g.Pt, bias, ybuf, y)
+    ybuf = thread_rows("ln_y", Kp * g.cp * VL)
+    _forward(x, g.Hp, g.Wp, g.pt, g.pl, g.padded, xT, g.img, g.offs, g.cols, w, wp, g.cp, bias, ybuf, y)
     return y
 
 
@@ -287,6 +305,6 @@ def backward(gy, x, w, pads, need_gx=True, ctx=None):
         wtp = np.zeros(K * MR, np.float32)
         gx = np.empty((0, g.C, g.H, g.W), dtype=np.float32)
         cbuf = gxbuf = np.zeros((1, 1), np.float32)
-    _backward(gy, xT, g.img, g.Wp, g.aoffs, g.boffs, g.Kd, g.Rd, need_gx, w, wtp, g.goffs, g.ldc, g.kh, g.kw,
+    _backward(gy, xT, g.img, g.Wp, g.aoffs, g.boffs, g.Kd, g.Rd, need_gx, w, wtp, g.goffs, g.rc, g.ldc, g.kh, g.kw,
               g.pt, g.pl, gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx)
     return (gx if need_gx else None), gw.reshape(w.shape), gb
