@@ -151,6 +151,8 @@ def test_a_nan_stays_in_its_own_image():
     ((4 * VL, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0, 0, 0), False),     # strided
     ((4 * VL, 64, 32, 32), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1), False),   # VGG-sized planes
     ((4 * VL, 3, 32, 32), (16, 3, 3, 3), (1, 1), (1, 1, 1, 1), False),     # 32x32: no gain measured
+    ((4 * VL, 16, 28, 28), (16, 16, 3, 3), (1, 1), (1, 1, 1, 1), False),   # 28x28 3x3: 7 % junk, even
+    ((4 * VL, 16, 14, 14), (32, 16, 3, 3), (1, 1), (1, 1, 1, 1), True),    # 14x14: small plane
     ((4 * VL, 32, 16, 16), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), False),   # Winograd's (16x16 plane)
     ((4 * VL, 32, 7, 7), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), True),      # 7x7: lanes beat Winograd
     ((4 * VL, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1, 1, 1), False),  # buffers over budget

@@ -37,6 +37,7 @@ from .microkernel import MD, MR, ND, NR, NV, VL, compact_code, mk_dot, mk_outer,
 from .scratch import scratch
 
 MAX_POSITIONS = 800          # output positions per image: LeNet conv1 (784) gains 0.84x, 32x32 planes break even
+SMALL_PLANE = 256            # above this, only where the flat layout's junk columns are >= 10 % (28x28 3x3: even)
 WINOGRAD_FROM = 64           # where Winograd applies it wins from 16x16 planes (lanes 1.08-1.15x); 8x8 ~even, 7x7 0.5x
 MAX_GROUP_BYTES = 2 << 20    # one group's input plus one thread's Y^T and gcol chunks: one core's L2 and a margin
 GCOL_BYTES = 256 << 10       # gcol chunk per thread (LeNet conv1's whole gcol, 1.6 MB, ran its gx ~10 % slower)
@@ -44,21 +45,25 @@ YBUF_BYTES = 128 << 10       # Y^T chunk per thread (a whole 32x32 plane's, ~1 M
 
 
 def applies(x_shape, w_shape, stride, pads) -> bool:
-    """Stride 1, small planes, at most 1/4 empty lanes, 2 or >= 4 groups, buffers within ~2 MB.
+    """Stride 1, small planes (or >= 10 % junk columns in the flat layout), at most 1/4 empty
+    lanes, 2 or >= 4 groups, buffers within ~2 MB.
 
     Measured vs the other float32 paths (fwd+bwd, 2 threads, same process): LeNet conv2
     0.68-0.72x (batch 32-256), LeNet conv1 0.82-0.95x, 5x5 layers on 14x14 with 8-16
-    channels 0.67-0.73x, 3x3 layers on 4x4..10x10 with up to 64 channels 0.46-0.75x (7x7
-    with 32 channels against Winograd: 0.5x); 1.2-1.45x slower with 1 or 3 groups (a
-    thread idles). The rule leaves the thread count out on purpose, so results stay
+    channels 0.67-0.73x, 3x3 layers on 4x4..14x14 with up to 64 channels 0.46-0.87x (7x7
+    with 32 channels against Winograd: 0.5x); even (1.0x) on 28x28 and 32x32 3x3 layers;
+    1.2-1.45x slower with 1 or 3 groups (a thread idles). The rule leaves the thread count out on purpose, so results stay
     identical for any thread count.
     """
     N, C, H, W = x_shape
     K, _, kh, kw = w_shape
     if tuple(stride) != (1, 1):
         return False
-    P = (H + pads[0] + pads[1] - kh + 1) * (W + pads[2] + pads[3] - kw + 1)
+    Wp = W + pads[2] + pads[3]
+    P = (H + pads[0] + pads[1] - kh + 1) * (Wp - kw + 1)
     if P > MAX_POSITIONS or (P > WINOGRAD_FROM and winograd.applies(x_shape, w_shape, stride, pads)):
+        return False
+    if P > SMALL_PLANE and 10 * (Wp - kw + 1) > 9 * Wp:   # the flat layout wastes < 10 %: no gain
         return False
     G = -(-N // VL)
     if G < 2 or G == 3 or 4 * G * VL > 5 * N:
