@@ -67,6 +67,7 @@ CASES = [
     (4 * VL, MR + 1, 6, 5, MD + 1, 3, 3, (1, 1, 1, 1)),   # C past a tile, 4 groups
     (2 * VL, 2, 7, 9, 5, 1, 1, (0, 0, 0, 0)),             # 1x1
     (2 * VL, 4, 5, 13, 3, 2, 7, (0, 1, 3, 0)),            # output rows of odd widths; R off ND
+    (VL - VL // 8, 2, 8, 8, 4, 3, 3, (1, 1, 1, 1)),       # one group, with empty lanes
 ]
 
 
@@ -145,14 +146,15 @@ def test_a_nan_stays_in_its_own_image():
 @pytest.mark.parametrize("shape,wshape,stride,pads,expected", [
     ((4 * VL, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), True),      # LeNet conv2, batch 64 (AVX-512)
     ((2 * VL, 1, 28, 28), (6, 1, 5, 5), (1, 1), (2, 2, 2, 2), True),       # LeNet conv1
-    ((VL, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), False),         # one group: a thread would idle
-    ((3 * VL, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), False),     # three groups: likewise
+    ((VL, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), True),          # one group (an epoch's last batch)
+    ((3 * VL, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), True),      # three groups
+    ((VL // 2, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), False),    # half the lanes empty
     ((2 * VL - VL // 2, 6, 14, 14), (16, 6, 5, 5), (1, 1), (0, 0, 0, 0), False),   # > 1/4 empty lanes
     ((4 * VL, 6, 14, 14), (16, 6, 5, 5), (2, 2), (0, 0, 0, 0), False),     # strided
     ((4 * VL, 64, 32, 32), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1), False),   # VGG-sized planes
     ((4 * VL, 3, 32, 32), (16, 3, 3, 3), (1, 1), (1, 1, 1, 1), False),     # 32x32: no gain measured
     ((4 * VL, 16, 28, 28), (16, 16, 3, 3), (1, 1), (1, 1, 1, 1), False),   # 28x28 3x3: 7 % junk, even
-    ((4 * VL, 16, 14, 14), (32, 16, 3, 3), (1, 1), (1, 1, 1, 1), True),    # 14x14: small plane
+    ((4 * VL, 16, 14, 14), (32, 16, 5, 5), (1, 1), (2, 2, 2, 2), True),    # 14x14: small plane
     ((4 * VL, 32, 16, 16), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), False),   # Winograd's (16x16 plane)
     ((4 * VL, 32, 7, 7), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), True),      # 7x7: lanes beat Winograd
     ((4 * VL, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1, 1, 1), False),  # buffers over budget
