@@ -107,3 +107,4 @@ def avg_pool2d_backward(gy, x_shape, size, stride, pad):
         for h, v in cells:
             gx[:, :, h, v] += gy[:, :, oh, ow] / (size[0] * size[1])
     return gx
+

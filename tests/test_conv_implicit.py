@@ -18,6 +18,7 @@ import pytest
 from numba import njit
 
 import _reference as ref
+from _checks import check_conv_grads_by_fd
 from nbcnn import ops
 from nbcnn.kernels.cpu import conv_layout
 from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NR, VL, mk_dot, mk_outer, vadd, vcopy, vjoin2, vsplit2, vsum, vzero
@@ -218,29 +219,8 @@ def test_float32_conv_at_tile_edges_vs_reference(case):
 
 @pytest.mark.parametrize("case", [EDGE_CASES[2], EDGE_CASES[8], EDGE_CASES[9]], ids=str)
 def test_float32_gradients_by_finite_differences(case):
-    """Directional central differences of L = <gy, conv(x, w)>, evaluated in float64.
-
-    The op is linear in x and in w, so the difference quotient is exact up to
-    float32 rounding of the outputs.
-    """
     x, w, b, st, pads = _case(case, seed=3)
-    rng = np.random.default_rng(4)
-    gy = rng.standard_normal(ops.conv2d(x, w, b, st, pads).shape)
-    gx, gw, gb = ops.conv2d_backward(gy.astype(np.float32), x, w, st, pads)
-
-    def loss(xx, ww, bb):
-        return float((ops.conv2d(xx, ww, bb, st, pads).astype(np.float64) * gy).sum())
-
-    eps = 0.5
-    for grad, which in ((gx, 0), (gw, 1), (gb, 2)):
-        d = rng.standard_normal(grad.shape).astype(np.float32)
-        args_p = [x, w, b]
-        args_m = [x, w, b]
-        args_p[which] = (args_p[which] + eps * d).astype(np.float32)
-        args_m[which] = (args_m[which] - eps * d).astype(np.float32)
-        fd = (loss(*args_p) - loss(*args_m)) / (2 * eps)
-        an = float((grad.astype(np.float64) * d).sum())
-        assert abs(fd - an) <= 1e-4 * (abs(an) + np.abs(gy).sum()), (which, fd, an)
+    check_conv_grads_by_fd(x, w, b, st, pads, np.random.default_rng(4))
 
 
 @pytest.mark.parametrize("H,W,k,s,pads", [

@@ -12,6 +12,7 @@ import pytest
 from numba import njit
 
 import _reference as ref
+from _checks import check_conv_grads_by_fd, check_conv_vs_reference
 from nbcnn import ops
 from nbcnn.kernels.cpu import conv_lanes
 from nbcnn.kernels.cpu.microkernel import MD, MR, ND, NV, VL, mk_outer_cols, vtrans
@@ -84,44 +85,13 @@ def _data(case, seed=0):
 def test_lanes_conv_vs_reference(case):
     x, w, b, pads = _data(case)
     assert conv_lanes.applies(x.shape, w.shape, (1, 1), pads)   # ops really takes this path
-    ctx = {}
-    y = ops.conv2d(x, w, b, 1, pads, ctx=ctx)
+    ctx = check_conv_vs_reference(x, w, b, 1, pads)
     assert "ln_xT" in ctx
-    yr = ref.conv2d(x, w, b, (1, 1), pads)
-    np.testing.assert_allclose(y, yr, rtol=1e-5, atol=1e-5 * np.abs(yr).max())
-    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
-    gxr, gwr, gbr = ref.conv2d_backward(gy, x, w, (1, 1), pads)
-    with_ctx = ops.conv2d_backward(gy, x, w, 1, pads, ctx=ctx)
-    without = ops.conv2d_backward(gy, x, w, 1, pads)              # refills the input layout itself
-    for got, want in zip(with_ctx, (gxr, gwr, gbr)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    for a, c in zip(with_ctx, without):
-        np.testing.assert_array_equal(a, c)
-    gx_none, gw2, gb2 = ops.conv2d_backward(gy, x, w, 1, pads, ctx=ctx, need_gx=False)
-    assert gx_none is None
-    np.testing.assert_array_equal(gw2, with_ctx[1])
-    np.testing.assert_array_equal(gb2, with_ctx[2])
 
 
 def test_lanes_gradients_by_finite_differences():
-    """Directional central differences of L = <gy, conv(x, w) + b> (linear in each argument)."""
     x, w, b, pads = _data(CASES[2], seed=3)
-    rng = np.random.default_rng(4)
-    gy = rng.standard_normal(ops.conv2d(x, w, b, 1, pads).shape)
-    grads = ops.conv2d_backward(gy.astype(np.float32), x, w, 1, pads)
-
-    def loss(xx, ww, bb):
-        return float((ops.conv2d(xx, ww, bb, 1, pads).astype(np.float64) * gy).sum())
-
-    eps = 0.5
-    for grad, which in zip(grads, range(3)):
-        d = rng.standard_normal(grad.shape).astype(np.float32)
-        plus, minus = [x, w, b], [x, w, b]
-        plus[which] = (plus[which] + eps * d).astype(np.float32)
-        minus[which] = (minus[which] - eps * d).astype(np.float32)
-        fd = (loss(*plus) - loss(*minus)) / (2 * eps)
-        an = float((grad.astype(np.float64) * d).sum())
-        assert abs(fd - an) <= 1e-4 * (abs(an) + np.abs(gy).sum()), (which, fd, an)
+    check_conv_grads_by_fd(x, w, b, 1, pads, np.random.default_rng(4))
 
 
 def test_a_nan_stays_in_its_own_image():

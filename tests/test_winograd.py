@@ -16,6 +16,7 @@ import pytest
 from numba import njit
 
 import _reference as ref
+from _checks import check_conv_grads_by_fd, check_conv_vs_reference
 from nbcnn import ops
 from nbcnn.kernels.cpu import winograd
 from nbcnn.kernels.cpu.microkernel import VL
@@ -156,40 +157,12 @@ def _data(case, seed=0):
 def test_winograd_conv_vs_reference(case):
     x, w, b, pads = _data(case)
     assert winograd.applies(x.shape, w.shape, (1, 1), pads)
-    ctx = {}
-    y = ops.conv2d(x, w, b, 1, pads, ctx=ctx)
-    yr = ref.conv2d(x, w, b, (1, 1), pads)
-    np.testing.assert_allclose(y, yr, rtol=1e-5, atol=2e-6 * np.abs(yr).max())
-    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
-    grads = ops.conv2d_backward(gy, x, w, 1, pads, ctx=ctx)
-    for got, want in zip(grads, ref.conv2d_backward(gy, x, w, (1, 1), pads)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * np.abs(want).max())
-    for got, want in zip(ops.conv2d_backward(gy, x, w, 1, pads), grads):   # without the forward's buffer
-        np.testing.assert_array_equal(got, want)
-    gx_none, gw2, gb2 = ops.conv2d_backward(gy, x, w, 1, pads, need_gx=False, ctx=ctx)
-    assert gx_none is None
-    np.testing.assert_array_equal(gw2, grads[1])
-    np.testing.assert_array_equal(gb2, grads[2])
+    check_conv_vs_reference(x, w, b, 1, pads, atol=2e-6)
 
 
 def test_winograd_gradients_by_finite_differences():
-    """Directional central differences of L = <gy, conv(x, w) + b> (linear in each argument)."""
     x, w, b, pads = _data(CASES[1], seed=3)
-    rng = np.random.default_rng(4)
-    gy = rng.standard_normal(ops.conv2d(x, w, b, 1, pads).shape)
-    grads = ops.conv2d_backward(gy.astype(np.float32), x, w, 1, pads)
-
-    def loss(args):
-        return float((ops.conv2d(*args, 1, pads).astype(np.float64) * gy).sum())
-
-    for which, grad in enumerate(grads):
-        d = rng.standard_normal(grad.shape).astype(np.float32)
-        plus, minus = [x, w, b], [x, w, b]
-        plus[which] = (plus[which] + 0.5 * d).astype(np.float32)
-        minus[which] = (minus[which] - 0.5 * d).astype(np.float32)
-        fd = (loss(plus) - loss(minus)) / 1.0
-        an = float((grad.astype(np.float64) * d).sum())
-        assert abs(fd - an) <= 1e-4 * (abs(an) + np.abs(gy).sum()), (which, fd, an)
+    check_conv_grads_by_fd(x, w, b, 1, pads, np.random.default_rng(4))
 
 
 def test_the_extra_tile_row_of_an_odd_size_never_reaches_a_kept_output():

@@ -32,7 +32,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from . import winograd
-from .conv_layout import round_up, thread_rows
+from .conv_layout import memo, round_up, thread_rows
 from .microkernel import MD, MR, ND, NR, NV, VL, compact_code, mk_dot, mk_outer, mk_outer_cols, vadd, vtrans, vzero
 from .scratch import scratch
 
@@ -112,13 +112,7 @@ _GEOS: dict = {}
 
 
 def _geometry(x_shape, w_shape, pads) -> _Geo:
-    key = (tuple(x_shape), tuple(w_shape), tuple(pads))
-    g = _GEOS.get(key)
-    if g is None:
-        if len(_GEOS) > 256:
-            _GEOS.clear()
-        g = _GEOS[key] = _Geo(*key)
-    return g
+    return memo(_GEOS, (tuple(x_shape), tuple(w_shape), tuple(pads)), _Geo)
 
 
 @njit(cache=True)

@@ -127,15 +127,19 @@ class Geometry:
 _GEOMETRIES: dict = {}
 
 
+def memo(table: dict, key: tuple, build):
+    """table[key], made by build(*key) on first use; the table is emptied past 256 entries."""
+    v = table.get(key)
+    if v is None:
+        if len(table) > 256:
+            table.clear()
+        v = table[key] = build(*key)
+    return v
+
+
 def geometry(x_shape, w_shape, stride, pads) -> Geometry:
     """Cached Geometry (a layer sees the same shapes every step; building one costs ~15 us)."""
-    key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(pads))
-    g = _GEOMETRIES.get(key)
-    if g is None:
-        if len(_GEOMETRIES) > 256:
-            _GEOMETRIES.clear()
-        g = _GEOMETRIES[key] = Geometry(*key)
-    return g
+    return memo(_GEOMETRIES, (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(pads)), Geometry)
 
 
 def thread_rows(name, n):
