@@ -8,7 +8,10 @@ PADDING_STRINGS = ("valid", "same", "full")
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    t = type(v)
+    if t is int:   # the common case first: the ABC check below costs ~1 us (ops call this ~70x a LeNet step)
+        return True
+    return t is not bool and isinstance(v, numbers.Integral)
 
 
 def as_pair(value, name: str) -> tuple[int, int]:
