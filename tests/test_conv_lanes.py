@@ -176,3 +176,19 @@ def test_a_layer_ctx_keeps_its_lanes_buffer_across_steps():
     gy = np.random.default_rng(11).standard_normal(y2.shape).astype(np.float32)
     for got, want in zip(ops.conv2d_backward(gy, x2, w, 1, pads, ctx=ctx), ref.conv2d_backward(gy, x2, w, (1, 1), pads)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6]], ids=str)
+def test_groups_split_in_two_tasks_give_identical_results(case, monkeypatch):
+    """Group counts that do not share out evenly over the threads split each group's work in
+    two tasks (S = 2); the arithmetic is the same, so the results are bitwise the same."""
+    x, w, b, pads = _data(case, seed=12)
+    gy = np.random.default_rng(13).standard_normal(ref.conv2d(x, w, b, (1, 1), pads).shape).astype(np.float32)
+    runs = []
+    for S in (1, 2):
+        monkeypatch.setattr(conv_lanes, "_splits", lambda G, S=S: S)
+        ctx = {}
+        runs.append([ops.conv2d(x, w, b, 1, pads, ctx=ctx), *ops.conv2d_backward(gy, x, w, 1, pads, ctx=ctx),
+                     *ops.conv2d_backward(gy, x, w, 1, pads, ctx=ctx, need_gx=False)[1:]])
+    for a, c in zip(*runs):
+        np.testing.assert_array_equal(a, c)

@@ -22,14 +22,15 @@ NCHW rows in and out.
   gx^T buffer row by row at each tap's shift (only the rows and columns that
   land inside x), transposed out.
 
-One parallel task per group, forward and backward one parallel region each;
-results do not depend on the thread count. The input buffer is kept in the
+One parallel task per group (two per group, after a separate fill or gyT pass, when
+the groups do not share out evenly over the threads), forward and backward one
+parallel region each; results do not depend on the thread count or the split. The input buffer is kept in the
 layer's ``ctx`` between forward and backward.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import get_num_threads, get_thread_id, njit, prange
 
 from . import winograd
 from .conv_layout import memo, round_up, thread_rows
@@ -52,11 +53,12 @@ def applies(x_shape, w_shape, stride, pads) -> bool:
     0.68-0.72x (batch 32-256), LeNet conv1 0.82-0.95x, 5x5 layers on 14x14 with 8-16
     channels 0.67-0.73x, 3x3 layers on 4x4..14x14 with up to 64 channels 0.46-0.87x (7x7
     with 32 channels against Winograd: 0.5x); even (1.0x) on 28x28 and 32x32 3x3 layers.
-    With 1 or 3 groups on 2 threads a thread idles part of the time (LeNet: 0.93-1.45x the
-    other path's time), but the path is still taken: such batches are mostly an epoch's or an
-    evaluation's last, and compiling the other path's kernels for them cost a cold first
-    `nbcnn train` epoch 4.3 s (13.2 -> 8.9 s). The rule leaves the thread count out on
-    purpose, so results stay identical for any thread count.
+    1 or 3 groups on 2 threads (batch 16 or 48; mostly an epoch's or an evaluation's last
+    batch) split each group's work in two tasks (``_splits``): LeNet 0.78-1.16x (1.45x
+    before the split). Sending them to the other path instead would compile its kernels in
+    the middle of the first epoch: a cold `nbcnn train --epochs 1` took 13.2 s that way,
+    8.9 s this way. The rule leaves the thread count out on purpose (the split changes no
+    arithmetic), so results stay identical for any thread count.
     """
     N, C, H, W = x_shape
     K, _, kh, kw = w_shape
@@ -159,25 +161,40 @@ def _pack(m2, out):
 
 
 @njit(parallel=True, cache=True)
-def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, bias, ybuf, y):
+def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, S, bias, ybuf, y):
     """Per group: fill xT, then per chunk of cp output positions Y^T tiles (mk_outer_cols) and
-    y = transpose + bias (the chunk's Y^T stays in L2)."""
+    y = transpose + bias (the chunk's Y^T stays in L2).
+
+    S = 2 splits each group's chunks between two tasks (after a separate fill pass), for
+    group counts that do not share out evenly over the threads; every output is computed
+    by the same operations either way, so results do not depend on S.
+    """
     N, K, Ho, Wo = y.shape
     R = offs.shape[0]
     P = Ho * Wo
+    G = -(-N // VL)
     ld = cp * VL
     Kp = wp.shape[0] // R
     T = cols.shape[0] // NV
+    nch = -(-P // cp)
     _pack(w.reshape(K, R), wp)
     yf = y.reshape(N * K * P)
-    for g in prange(-(-N // VL)):
+    if S > 1:
+        for g in prange(G):
+            compact_code()
+            _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
+    for task in prange(G * S):
         compact_code()
-        _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
+        g = task // S
+        s = task - g * S
+        if S == 1:
+            _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
         yb = ybuf[get_thread_id()]
         xg = xT[g * img:]
         n0 = g * VL
         nimg = min(VL, N - n0)
-        for p0 in range(0, P, cp):   # cp: a multiple of NV and of VL
+        for ch in range(s * nch // S, (s + 1) * nch // S):
+            p0 = ch * cp                 # cp: a multiple of NV and of VL
             for t in range(p0 // NV, min(T, (p0 + cp) // NV)):
                 for kb in range(Kp // MR):
                     mk_outer_cols(wp, kb * R * MR, xg, offs, cols[t * NV:], R, yb, kb * MR * ld + (t * NV - p0) * VL, ld)
@@ -187,11 +204,34 @@ def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, bias, yb
                     vtrans(yf, (n0 * K + k) * P + pb, K * P, nimg, m, yb, k * ld + (pb - p0) * VL, VL, m, VL, bias[k])
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
-def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, w, wtp, goffs, rc, ldc, kh, kw, pt, pl,
+@njit(cache=True, fastmath={"reassoc"})
+def _gy_group(gf, g, N, K, P, gyT, gbpart):
+    """gyT of group g and its bias-gradient part (fastmath: only these sums vectorise)."""
+    n0 = g * VL
+    nimg = min(VL, N - n0)
+    gb0 = g * K * P * VL
+    zero = np.float32(0)
+    for k in range(K):
+        for pb in range(0, P, VL):
+            m = min(VL, P - pb)
+            vtrans(gyT, gb0 + (k * P + pb) * VL, VL, m, VL, gf, (n0 * K + k) * P + pb, K * P, nimg, m, zero)
+        seg = gyT[gb0 + k * P * VL:gb0 + (k + 1) * P * VL]
+        s = np.float32(0)
+        for i in range(P * VL):
+            s += seg[i]
+        gbpart[g, k] = s
+
+
+@njit(parallel=True, cache=True)
+def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, S, w, wtp, goffs, rc, ldc, kh, kw, pt, pl,
               gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx):
     """Per group: gyT (+ bias-gradient part), the weight-gradient part (mk_dot), and gx through
-    gcol; then the parts summed in group order (fastmath: only the bias sums vectorise)."""
+    gcol; then the parts summed in group order.
+
+    S = 2 runs each group's weight gradient and input gradient as two tasks (without gx:
+    the two halves of the filter blocks) after a separate gyT pass, for group counts that
+    do not share out evenly over the threads; the arithmetic is the same either way.
+    """
     N, K, Ho, Wo = gy.shape
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     P = Ho * Wo
@@ -204,27 +244,29 @@ def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, w, wtp, goffs, rc,
     Rp = wtp.shape[0] // K
     if need_gx:
         _pack(w.reshape(K, R).T, wtp)
-    for g in prange(G):
+    if S > 1:
+        for g in prange(G):
+            compact_code()
+            _gy_group(gf, g, N, K, P, gyT, gbpart)
+    for task in prange(G * S):
         compact_code()
+        g = task // S
+        s = task - g * S
         n0 = g * VL
         nimg = min(VL, N - n0)
         gb0 = g * K * P * VL
-        for k in range(K):
-            for pb in range(0, P, VL):
-                m = min(VL, P - pb)
-                vtrans(gyT, gb0 + (k * P + pb) * VL, VL, m, VL, gf, (n0 * K + k) * P + pb, K * P, nimg, m, zero)
-            seg = gyT[gb0 + k * P * VL:gb0 + (k + 1) * P * VL]
-            s = np.float32(0)
-            for i in range(P * VL):
-                s += seg[i]
-            gbpart[g, k] = s
-        part = gwpart[g]
-        vzero(part, 0, Kd * Rd)
-        for kb in range(Kd // MD):
-            for jb in range(Rd // ND):
-                mk_dot(gyT, gb0, aoffs[kb * MD:], Wo * VL, xT, g * img, boffs[jb * ND:], Wp * VL, Ho, Wo,
-                       part, kb * MD * Rd + jb * ND, Rd)
-        if not need_gx:
+        if S == 1:
+            _gy_group(gf, g, N, K, P, gyT, gbpart)
+        if s == 0 or not need_gx:   # the weight-gradient part (without gx: split by filter blocks)
+            part = gwpart[g]
+            nkb = Kd // MD
+            kb0, kb1 = (0, nkb) if need_gx else (s * nkb // S, (s + 1) * nkb // S)
+            vzero(part, kb0 * MD * Rd, (kb1 - kb0) * MD * Rd)
+            for kb in range(kb0, kb1):
+                for jb in range(Rd // ND):
+                    mk_dot(gyT, gb0, aoffs[kb * MD:], Wo * VL, xT, g * img, boffs[jb * ND:], Wp * VL, Ho, Wo,
+                           part, kb * MD * Rd + jb * ND, Rd)
+        if not need_gx or s != S - 1:
             continue
         tid = get_thread_id()
         gc = cbuf[tid]
@@ -262,6 +304,12 @@ def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, w, wtp, goffs, rc,
             gw[k, r] = s
 
 
+def _splits(G):
+    """2 where G groups would leave a thread idle part of the time (G not a multiple of the
+    thread count), else 1."""
+    return 1 if G % get_num_threads() == 0 else 2
+
+
 def _input_buffer(g, ctx):
     xT = ctx.get("ln_xT") if ctx is not None else None
     if xT is None or xT.shape[0] != g.G * g.img:
@@ -279,7 +327,7 @@ def forward(x, w, b, pads, ctx=None):
     bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
     y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
     ybuf = thread_rows("ln_y", Kp * g.cp * VL)
-    _forward(x, g.Hp, g.Wp, g.pt, g.pl, g.padded, xT, g.img, g.offs, g.cols, w, wp, g.cp, bias, ybuf, y)
+    _forward(x, g.Hp, g.Wp, g.pt, g.pl, g.padded, xT, g.img, g.offs, g.cols, w, wp, g.cp, _splits(g.G), bias, ybuf, y)
     return y
 
 
@@ -307,6 +355,6 @@ def backward(gy, x, w, pads, need_gx=True, ctx=None):
         wtp = np.zeros(K * MR, np.float32)
         gx = np.empty((0, g.C, g.H, g.W), dtype=np.float32)
         cbuf = gxbuf = np.zeros((1, 1), np.float32)
-    _backward(gy, xT, g.img, g.Wp, g.aoffs, g.boffs, g.Kd, g.Rd, need_gx, w, wtp, g.goffs, g.rc, g.ldc, g.kh, g.kw,
+    _backward(gy, xT, g.img, g.Wp, g.aoffs, g.boffs, g.Kd, g.Rd, need_gx, _splits(g.G), w, wtp, g.goffs, g.rc, g.ldc, g.kh, g.kw,
               g.pt, g.pl, gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx)
     return (gx if need_gx else None), gw.reshape(w.shape), gb
