@@ -22,9 +22,9 @@ NCHW rows in and out.
   gx^T buffer row by row at each tap's shift (only the rows and columns that
   land inside x), transposed out.
 
-One parallel task per group (two per group, after a separate fill or gyT pass, when
-the groups do not share out evenly over the threads), forward and backward one
-parallel region each; results do not depend on the thread count or the split. The input buffer is kept in the
+One parallel task per group (two per group when the groups do not share out
+evenly over the threads), forward and backward one parallel region each; results
+do not depend on the thread count or the split. The input buffer is kept in the
 layer's ``ctx`` between forward and backward.
 """
 from __future__ import annotations
@@ -54,8 +54,8 @@ def applies(x_shape, w_shape, stride, pads) -> bool:
     channels 0.67-0.73x, 3x3 layers on 4x4..14x14 with up to 64 channels 0.46-0.87x (7x7
     with 32 channels against Winograd: 0.5x); even (1.0x) on 28x28 and 32x32 3x3 layers.
     1 or 3 groups on 2 threads (batch 16 or 48; mostly an epoch's or an evaluation's last
-    batch) split each group's work in two tasks (``_splits``): LeNet 0.78-1.16x (1.45x
-    before the split). Sending them to the other path instead would compile its kernels in
+    batch) split each group's work in two tasks (``_splits``): LeNet 0.65-1.11x (up to
+    1.45x before the split). Sending them to the other path instead would compile its kernels in
     the middle of the first epoch: a cold `nbcnn train --epochs 1` took 13.2 s that way,
     8.9 s this way. The rule leaves the thread count out on purpose (the split changes no
     arithmetic), so results stay identical for any thread count.
@@ -118,13 +118,12 @@ def _geometry(x_shape, w_shape, pads) -> _Geo:
 
 
 @njit(cache=True)
-def _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img):
-    """xT[g*img + ((c*Hp + h + pt)*Wp + w + pl)*VL + lane] = x[g*VL + lane, c, h, w] (zero elsewhere)."""
+def _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, base):
+    """xT[base + ((c*Hp + h + pt)*Wp + w + pl)*VL + lane] = x[g*VL + lane, c, h, w] (zero elsewhere)."""
     N, C, H, W = x.shape
     xf = x.reshape(N * C * H * W)
     n0 = g * VL
     nimg = min(VL, N - n0)
-    base = g * img
     zero = np.float32(0)
     if padded:
         vzero(xT, base, C * Hp * Wp * VL)
@@ -146,7 +145,7 @@ def _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img):
 def _fill(x, Hp, Wp, pt, pl, padded, xT, img):
     for g in prange(-(-x.shape[0] // VL)):
         compact_code()
-        _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
+        _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, g * img)
 
 
 @njit(cache=True)
@@ -161,36 +160,33 @@ def _pack(m2, out):
 
 
 @njit(parallel=True, cache=True)
-def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, S, bias, ybuf, y):
+def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, S, bias, xpriv, ybuf, y):
     """Per group: fill xT, then per chunk of cp output positions Y^T tiles (mk_outer_cols) and
     y = transpose + bias (the chunk's Y^T stays in L2).
 
-    S = 2 splits each group's chunks between two tasks (after a separate fill pass), for
-    group counts that do not share out evenly over the threads; every output is computed
-    by the same operations either way, so results do not depend on S.
+    S = 2 splits each group's chunks between two tasks, for group counts that do not share
+    out evenly over the threads: the second task fills its own copy of the group's input
+    (xpriv) rather than wait for the first: a separate parallel fill loop cost ~1 s more
+    compile time for LeNet's first step. Every output is computed by the same operations
+    either way.
     """
     N, K, Ho, Wo = y.shape
     R = offs.shape[0]
     P = Ho * Wo
-    G = -(-N // VL)
     ld = cp * VL
     Kp = wp.shape[0] // R
     T = cols.shape[0] // NV
     nch = -(-P // cp)
     _pack(w.reshape(K, R), wp)
     yf = y.reshape(N * K * P)
-    if S > 1:
-        for g in prange(G):
-            compact_code()
-            _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
-    for task in prange(G * S):
+    for task in prange(-(-N // VL) * S):
         compact_code()
         g = task // S
         s = task - g * S
-        if S == 1:
-            _fill_group(x, g, Hp, Wp, pt, pl, padded, xT, img)
-        yb = ybuf[get_thread_id()]
-        xg = xT[g * img:]
+        tid = get_thread_id()
+        xg = xT[g * img:] if s == 0 else xpriv[tid]
+        _fill_group(x, g, Hp, Wp, pt, pl, padded, xg, 0)
+        yb = ybuf[tid]
         n0 = g * VL
         nimg = min(VL, N - n0)
         for ch in range(s * nch // S, (s + 1) * nch // S):
@@ -205,17 +201,19 @@ def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, S, bias,
 
 
 @njit(cache=True, fastmath={"reassoc"})
-def _gy_group(gf, g, N, K, P, gyT, gbpart):
-    """gyT of group g and its bias-gradient part (fastmath: only these sums vectorise)."""
+def _gy_group(gf, g, N, K, P, gyT, gbpart, sums):
+    """gyT = group g of gy in lanes, and (sums) its bias-gradient part (fastmath: only these
+    sums vectorise)."""
     n0 = g * VL
     nimg = min(VL, N - n0)
-    gb0 = g * K * P * VL
     zero = np.float32(0)
     for k in range(K):
         for pb in range(0, P, VL):
             m = min(VL, P - pb)
-            vtrans(gyT, gb0 + (k * P + pb) * VL, VL, m, VL, gf, (n0 * K + k) * P + pb, K * P, nimg, m, zero)
-        seg = gyT[gb0 + k * P * VL:gb0 + (k + 1) * P * VL]
+            vtrans(gyT, (k * P + pb) * VL, VL, m, VL, gf, (n0 * K + k) * P + pb, K * P, nimg, m, zero)
+        if not sums:
+            continue
+        seg = gyT[k * P * VL:(k + 1) * P * VL]
         s = np.float32(0)
         for i in range(P * VL):
             s += seg[i]
@@ -224,13 +222,14 @@ def _gy_group(gf, g, N, K, P, gyT, gbpart):
 
 @njit(parallel=True, cache=True)
 def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, S, w, wtp, goffs, rc, ldc, kh, kw, pt, pl,
-              gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx):
+              gyT, gypriv, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx):
     """Per group: gyT (+ bias-gradient part), the weight-gradient part (mk_dot), and gx through
     gcol; then the parts summed in group order.
 
     S = 2 runs each group's weight gradient and input gradient as two tasks (without gx:
-    the two halves of the filter blocks) after a separate gyT pass, for group counts that
-    do not share out evenly over the threads; the arithmetic is the same either way.
+    the two halves of the filter blocks), for group counts that do not share out evenly
+    over the threads; the second task lays out its own copy of the group's gy (gypriv).
+    The arithmetic is the same either way.
     """
     N, K, Ho, Wo = gy.shape
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
@@ -244,19 +243,15 @@ def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, S, w, wtp, goffs, 
     Rp = wtp.shape[0] // K
     if need_gx:
         _pack(w.reshape(K, R).T, wtp)
-    if S > 1:
-        for g in prange(G):
-            compact_code()
-            _gy_group(gf, g, N, K, P, gyT, gbpart)
     for task in prange(G * S):
         compact_code()
         g = task // S
         s = task - g * S
+        tid = get_thread_id()
         n0 = g * VL
         nimg = min(VL, N - n0)
-        gb0 = g * K * P * VL
-        if S == 1:
-            _gy_group(gf, g, N, K, P, gyT, gbpart)
+        src = gyT[g * K * P * VL:] if s == 0 else gypriv[tid]
+        _gy_group(gf, g, N, K, P, src, gbpart, s == 0)
         if s == 0 or not need_gx:   # the weight-gradient part (without gx: split by filter blocks)
             part = gwpart[g]
             nkb = Kd // MD
@@ -264,11 +259,10 @@ def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, S, w, wtp, goffs, 
             vzero(part, kb0 * MD * Rd, (kb1 - kb0) * MD * Rd)
             for kb in range(kb0, kb1):
                 for jb in range(Rd // ND):
-                    mk_dot(gyT, gb0, aoffs[kb * MD:], Wo * VL, xT, g * img, boffs[jb * ND:], Wp * VL, Ho, Wo,
+                    mk_dot(src, 0, aoffs[kb * MD:], Wo * VL, xT, g * img, boffs[jb * ND:], Wp * VL, Ho, Wo,
                            part, kb * MD * Rd + jb * ND, Rd)
         if not need_gx or s != S - 1:
             continue
-        tid = get_thread_id()
         gc = cbuf[tid]
         gt = gxbuf[tid]
         vzero(gt, 0, C * HW * VL)
@@ -276,7 +270,7 @@ def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, S, w, wtp, goffs, 
             oh1 = min(Ho, oh0 + rc)
             for jb in range(0, (oh1 - oh0) * Wo * VL, NR):
                 for ib in range(Rp // MR):
-                    mk_outer(wtp, ib * K * MR, gyT, goffs, gb0 + oh0 * Wo * VL + jb, K, gc, ib * MR * ldc + jb, ldc)
+                    mk_outer(wtp, ib * K * MR, src, goffs, oh0 * Wo * VL + jb, K, gc, ib * MR * ldc + jb, ldc)
             for c in range(C):
                 for i in range(kh):
                     for j in range(kw):
@@ -304,6 +298,9 @@ def _backward(gy, xT, img, Wp, aoffs, boffs, Kd, Rd, need_gx, S, w, wtp, goffs, 
             gw[k, r] = s
 
 
+_NONE = np.zeros((1, 1), np.float32)   # an unused per-thread buffer argument
+
+
 def _splits(G):
     """2 where G groups would leave a thread idle part of the time (G not a multiple of the
     thread count), else 1."""
@@ -327,7 +324,9 @@ def forward(x, w, b, pads, ctx=None):
     bias = b if b is not None else np.zeros(g.K, dtype=np.float32)
     y = np.empty((g.N, g.K, g.Ho, g.Wo), dtype=np.float32)
     ybuf = thread_rows("ln_y", Kp * g.cp * VL)
-    _forward(x, g.Hp, g.Wp, g.pt, g.pl, g.padded, xT, g.img, g.offs, g.cols, w, wp, g.cp, _splits(g.G), bias, ybuf, y)
+    S = _splits(g.G)
+    xpriv = thread_rows("ln_xpriv", g.img) if S > 1 else _NONE
+    _forward(x, g.Hp, g.Wp, g.pt, g.pl, g.padded, xT, g.img, g.offs, g.cols, w, wp, g.cp, S, bias, xpriv, ybuf, y)
     return y
 
 
@@ -354,7 +353,9 @@ def backward(gy, x, w, pads, need_gx=True, ctx=None):
     else:   # placeholders of the right types
         wtp = np.zeros(K * MR, np.float32)
         gx = np.empty((0, g.C, g.H, g.W), dtype=np.float32)
-        cbuf = gxbuf = np.zeros((1, 1), np.float32)
-    _backward(gy, xT, g.img, g.Wp, g.aoffs, g.boffs, g.Kd, g.Rd, need_gx, _splits(g.G), w, wtp, g.goffs, g.rc, g.ldc, g.kh, g.kw,
-              g.pt, g.pl, gyT, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx)
+        cbuf = gxbuf = _NONE
+    S = _splits(g.G)
+    gypriv = thread_rows("ln_gypriv", K * g.P * VL + NR) if S > 1 else _NONE   # + NR: gcol reads past the end
+    _backward(gy, xT, g.img, g.Wp, g.aoffs, g.boffs, g.Kd, g.Rd, need_gx, S, w, wtp, g.goffs, g.rc, g.ldc, g.kh, g.kw,
+              g.pt, g.pl, gyT, gypriv, gwpart, gbpart, cbuf, gxbuf, gw, gb, gx)
     return (gx if need_gx else None), gw.reshape(w.shape), gb
