@@ -55,10 +55,10 @@ def applies(x_shape, w_shape, stride, pads) -> bool:
     with 32 channels against Winograd: 0.5x); even (1.0x) on 28x28 and 32x32 3x3 layers.
     1 or 3 groups on 2 threads (batch 16 or 48; mostly an epoch's or an evaluation's last
     batch) split each group's work in two tasks (``_splits``): LeNet 0.65-1.11x (up to
-    1.45x before the split). Sending them to the other path instead would compile its kernels in
-    the middle of the first epoch: a cold `nbcnn train --epochs 1` took 13.2 s that way,
-    8.9 s this way. The rule leaves the thread count out on purpose (the split changes no
-    arithmetic), so results stay identical for any thread count.
+    1.45x before the split). Sending them to the other path instead would compile its
+    kernels in the middle of the first epoch: a cold `nbcnn train --epochs 1` took 13.2 s
+    that way, 8.9 s this way. The rule leaves the thread count out on purpose (the split
+    changes no arithmetic), so results stay identical for any thread count.
     """
     N, C, H, W = x_shape
     K, _, kh, kw = w_shape
@@ -193,7 +193,8 @@ def _forward(x, Hp, Wp, pt, pl, padded, xT, img, offs, cols, w, wp, cp, S, bias,
             p0 = ch * cp                 # cp: a multiple of NV and of VL
             for t in range(p0 // NV, min(T, (p0 + cp) // NV)):
                 for kb in range(Kp // MR):
-                    mk_outer_cols(wp, kb * R * MR, xg, offs, cols[t * NV:], R, yb, kb * MR * ld + (t * NV - p0) * VL, ld)
+                    mk_outer_cols(wp, kb * R * MR, xg, offs, cols[t * NV:], R,
+                                  yb, kb * MR * ld + (t * NV - p0) * VL, ld)
             for k in range(K):
                 for pb in range(p0, min(P, p0 + cp), VL):
                     m = min(VL, P - pb)

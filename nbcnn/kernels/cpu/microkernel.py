@@ -25,8 +25,8 @@ registers), 6 x 16 with AVX2-sized vectors. Results do not depend on threads.
 Row helpers (``vcopy``, ``vsum``, ``vtrans`` ...) move data around them.
 
 Maintainers: these intrinsics are inlined into the kernels of conv_implicit.py,
-conv_lanes.py, conv_layout.py, winograd.py, pool.py and optim.py, and Numba's on-disk cache
-keys a kernel on its own file only. After editing this file (or
+conv_lanes.py, conv_layout.py, winograd.py, pool.py and optim.py, and Numba's
+on-disk cache keys a kernel on its own file only. After editing this file (or
 winograd_ir.py), clear ``NUMBA_CACHE_DIR`` (or touch those files), or the old
 machine code is loaded from the cache. (A fresh install or CI starts with an
 empty cache.)
