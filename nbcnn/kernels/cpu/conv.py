@@ -3,8 +3,8 @@
 float32, the training dtype, always goes to :mod:`.conv_implicit`: implicit
 GEMM on nbcnn's own register-blocked micro-kernels, 3-4x faster than the
 im2col + OpenBLAS path below on every benchmark shape (RESULTS.md);
-stride-1 layers with small planes and batches of >= 2 groups of VL images
-(LeNet) put the batch in the vector lanes (``conv_lanes.applies``), and
+stride-1 layers with small planes and batches that fill the vector lanes
+(LeNet) put the batch in the lanes (``conv_lanes.applies``), and
 Winograd F(2x2, 3x3) takes the 3x3 stride-1 layers with enough channels
 (``winograd.applies``).
 

@@ -1,7 +1,7 @@
 """float32 convolution by implicit GEMM on nbcnn's own micro-kernels (no column matrix).
 
 Two other float32 paths are tried first: stride-1 layers with small planes
-and batches of >= 2 groups of VL images (LeNet) go to :mod:`.conv_lanes`
+and batches that fill the vector lanes (LeNet) go to :mod:`.conv_lanes`
 (``conv_lanes.applies``), 3x3 stride-1 layers with enough channels and pixels
 to :mod:`.winograd` (``winograd.applies``), which reads this path's padded
 input buffer.
