@@ -97,6 +97,32 @@ def _wino(xb, Ci, plane, ws, th, tw, r, up, Kp, Tcp, ldv, ldm, offs, bias, vbuf,
                        min(2, Ho - 2 * ti), bias[k])
 
 
+@njit(cache=True)
+def _tiles_of_chunk(grad, x0, D, Tcv, ld, src, nplanes, plane, ws, tr0, tr1, th, tw, L):
+    """The weight gradient's transformed tiles of tile rows tr0..tr1 for positions x0..x0+7:
+    input tiles (B^T d B, grad=0) or output-gradient tiles (A gy A^T, grad=1) of each of
+    nplanes planes per image, zero-padded to whole vectors (the dot products run over them).
+    One routine for both: Numba cannot pass the transform intrinsic as a value."""
+    Tc = (tr1 - tr0) * tw
+    for c in range(nplanes):
+        for tr in range(tr0, tr1):
+            n = tr // th
+            ti = tr - n * th
+            d0 = c * Tcv + (tr - tr0) * tw
+            s0 = (n * nplanes + c) * plane + 2 * ti * ws
+            if grad == 0:
+                if x0 == 0:
+                    wg_in_lo(D, d0, ld, src, s0, ws, tw)
+                else:
+                    wg_in_hi(D, d0, ld, src, s0, ws, tw)
+            elif x0 == 0:
+                wg_grad_lo(D, d0, ld, src, s0, ws, tw)
+            else:
+                wg_grad_hi(D, d0, ld, src, s0, ws, tw)
+        for xi in range(8):
+            vzero(D, xi * ld + c * Tcv + Tc, L * VL - Tc)
+
+
 @njit(parallel=True, cache=True)
 def _wino_gw(xb, Ci, plane, ws, gp, K, gplane, gws, th, tw, r, Tcv, ldv, ldg, aoffs, boffs, ncg, vbuf, gbuf, part):
     """part[g, xi, k, c] = sum over the tiles t of chunk group g of G[xi, k, t] * V[xi, c, t].
@@ -127,26 +153,8 @@ def _wino_gw(xb, Ci, plane, ws, gp, K, gplane, gws, th, tw, r, Tcv, ldv, ldg, ao
             tr1 = min(TR, tr0 + r)
             Tc = (tr1 - tr0) * tw
             L = (Tc + VL - 1) // VL
-            for c in range(Ci):
-                for tr in range(tr0, tr1):
-                    n = tr // th
-                    ti = tr - n * th
-                    if x0 == 0:
-                        wg_in_lo(V, c * Tcv + (tr - tr0) * tw, ldv, xb, (n * Ci + c) * plane + 2 * ti * ws, ws, tw)
-                    else:
-                        wg_in_hi(V, c * Tcv + (tr - tr0) * tw, ldv, xb, (n * Ci + c) * plane + 2 * ti * ws, ws, tw)
-                for xi in range(8):
-                    vzero(V, xi * ldv + c * Tcv + Tc, L * VL - Tc)     # the dot products run over whole vectors
-            for k in range(K):
-                for tr in range(tr0, tr1):
-                    n = tr // th
-                    ti = tr - n * th
-                    if x0 == 0:
-                        wg_grad_lo(G, k * Tcv + (tr - tr0) * tw, ldg, gp, (n * K + k) * gplane + 2 * ti * gws, gws, tw)
-                    else:
-                        wg_grad_hi(G, k * Tcv + (tr - tr0) * tw, ldg, gp, (n * K + k) * gplane + 2 * ti * gws, gws, tw)
-                for xi in range(8):
-                    vzero(G, xi * ldg + k * Tcv + Tc, L * VL - Tc)
+            _tiles_of_chunk(0, x0, V, Tcv, ldv, xb, Ci, plane, ws, tr0, tr1, th, tw, L)
+            _tiles_of_chunk(1, x0, G, Tcv, ldg, gp, K, gplane, gws, tr0, tr1, th, tw, L)
             for xi in range(8):
                 for cb in range(Cp // ND):
                     for kb in range(Kp // MD):
