@@ -16,6 +16,13 @@ tanh) or plain ``xp`` expressions otherwise (float64, CuPy).
 into ``layer.grads`` (which a model points into one flat buffer, so the
 optimiser updates everything in one pass). ``trainable`` is a plain
 attribute read by the model at every step.
+
+Non-trainable state (batch norm's moving mean and variance) lives in
+``layer.state``, arrays the optimiser never sees: ``_shapes`` may return a
+third list with their shapes, ``_init_state`` fills them. They count in
+``count_params()`` and follow the parameters in ``get_weights()`` /
+``set_weights()`` (Keras order: gamma, beta, moving_mean, moving_variance),
+so model files and ``to(device)`` carry them like weights.
 """
 from __future__ import annotations
 
@@ -126,6 +133,7 @@ class Layer:
     """Base class. Subclasses set ``param_names`` and implement the shape and compute hooks."""
 
     param_names: tuple = ()
+    state_names: tuple = ()      # non-trainable arrays (moving statistics), after the params
     base_name: str | None = None
 
     def __init__(self, name: str | None = None, trainable: bool = True, input_shape=None):
@@ -139,6 +147,8 @@ class Layer:
         self.params: list = []       # arrays (after build)
         self.grads: list = []
         self._param_shapes: list = []
+        self.state: list = []        # non-trainable arrays (after build)
+        self._state_shapes: list = []
         self.need_gx = True          # a model sets False on the first layer it back-propagates to
         self._cache = None
 
@@ -159,13 +169,14 @@ class Layer:
         input_shape = self._check_shape(input_shape)
         if self.params and self.input_shape is not None and input_shape != self.input_shape:
             raise ValueError(f"layer {self.name!r} was built for input shape {self.input_shape}, got {input_shape}")
-        out, pshapes = self._shapes(input_shape)
+        out, pshapes, *sshapes = self._shapes(input_shape)
         self.input_shape = input_shape
         self._out = tuple(out)
         self._param_shapes = [tuple(s) for s in pshapes]
+        self._state_shapes = [tuple(s) for s in (sshapes[0] if sshapes else [])]
         return self._out
 
-    def _shapes(self, input_shape):  # -> (output_shape, [param shapes])
+    def _shapes(self, input_shape):  # -> (output_shape, [param shapes][, [state shapes]])
         return input_shape, []
 
     @property
@@ -176,15 +187,29 @@ class Layer:
     @property
     def built(self) -> bool:
         """True once the weights exist (always True for layers without weights and a known shape)."""
-        return self._out is not None and len(self.params) == len(self._param_shapes)
+        return (self._out is not None and len(self.params) == len(self._param_shapes)
+                and len(self.state) == len(self._state_shapes))
 
     def count_params(self) -> int:
+        """Parameters plus non-trainable state (Keras convention)."""
+        return self.count_trainable() + self.count_state()
+
+    def count_trainable(self) -> int:
+        """Number of parameters the optimiser may update (whether or not the layer is frozen)."""
+        self._known_shapes()
+        return sum(int(np.prod(s)) for s in self._param_shapes)
+
+    def count_state(self) -> int:
+        """Number of non-trainable state values (moving statistics)."""
+        self._known_shapes()
+        return sum(int(np.prod(s)) for s in self._state_shapes)
+
+    def _known_shapes(self) -> None:
         if self._out is None:
             if self._input_shape is not None:
                 self.configure(self._input_shape)
-            elif self.param_names:
+            elif self.param_names or self.state_names:
                 raise ValueError(f"layer {self.name!r}: input shape unknown, cannot count parameters")
-        return sum(int(np.prod(s)) for s in self._param_shapes)
 
     # -- weights --------------------------------------------------------------------------
     def build(self, input_shape=None, dtype=np.float32, rng=None, xp=np):
@@ -194,6 +219,7 @@ class Layer:
             if input_shape is None:
                 raise ValueError(f"layer {self.name!r}: input shape unknown; pass input_shape=")
         self.configure(input_shape)
+        self.ensure_state(dtype, xp)
         if self.params:
             return
         if rng is None:
@@ -207,6 +233,16 @@ class Layer:
     def _init_params(self, dtype, rng, outs=None) -> list:
         return []
 
+    def ensure_state(self, dtype, xp=np) -> None:
+        """Allocate and initialise the non-trainable state if it is missing (after ``configure``)."""
+        if len(self.state) == len(self._state_shapes):
+            return
+        self.state = [a if xp is np else xp.asarray(a) for a in self._init_state(np.dtype(dtype))]
+
+    def _init_state(self, dtype) -> list:
+        """Initial state arrays (NumPy, shapes ``self._state_shapes``); layers with state override it."""
+        return [np.zeros(s, dtype) for s in self._state_shapes]
+
     def _init_into(self, views, rng) -> None:
         """Initialise the weights straight into ``views`` (slices of a model's flat buffer)."""
         self._init_params(views[0].dtype if views else np.float32, rng, outs=views)
@@ -214,24 +250,31 @@ class Layer:
         self.grads = []
 
     def get_weights(self) -> list:
-        """Copies of the weights as NumPy arrays (Keras order: kernel, bias)."""
-        if self.param_names and not self.params:
+        """Copies of the weights as NumPy arrays (Keras order: kernel, bias; then any state)."""
+        if (self.param_names or self.state_names) and not self.built:
             self.build()
         from .device import to_numpy
 
-        return [np.array(to_numpy(p), copy=True) for p in self.params]
+        return [np.array(to_numpy(p), copy=True) for p in (*self.params, *self.state)]
+
+    @property
+    def weight_names(self) -> tuple:
+        """Names of the arrays of ``get_weights()``, in order."""
+        return (*self.param_names, *self.state_names)
 
     def set_weights(self, weights) -> None:
         """Copy ``weights`` (a list of arrays, same shapes as ``get_weights()``) into the layer."""
         weights = list(weights)
-        if self.param_names and not self.params:
+        if (self.param_names or self.state_names) and not self.built:
             self.build()
-        if len(weights) != len(self.params):
-            raise ValueError(f"layer {self.name!r} has {len(self.params)} weight arrays, got {len(weights)}")
-        for i, (p, w) in enumerate(zip(self.params, weights)):
+        targets = [*self.params, *self.state]
+        if len(weights) != len(targets):
+            raise ValueError(f"layer {self.name!r} has {len(targets)} weight arrays, got {len(weights)}")
+        names = self.weight_names
+        for i, (p, w) in enumerate(zip(targets, weights)):
             w_shape = tuple(np.shape(w))
             if w_shape != tuple(p.shape):
-                raise ValueError(f"layer {self.name!r}: weight {i} ({self.param_names[i]}) has shape "
+                raise ValueError(f"layer {self.name!r}: weight {i} ({names[i]}) has shape "
                                  f"{tuple(p.shape)}, got {w_shape}")
             src = np.asarray(w) if not is_gpu_array(w) else w
             if not is_gpu_array(src) and not np.all(np.isfinite(src)):
@@ -253,7 +296,7 @@ class Layer:
         raise NotImplementedError
 
     def _ensure_built(self, x):
-        if self.param_names and not self.params:
+        if (self.param_names or self.state_names) and not self.built:
             xp = _xp(x)
             self.build(tuple(x.shape[1:]), dtype=x.dtype, xp=xp)
         elif self._out is None:

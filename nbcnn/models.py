@@ -197,6 +197,9 @@ class Sequential:
             layer.params = views
             layer.grads = []
             self._spans.append((start, off))
+            # non-trainable state stays per layer (the optimiser never sees it), on the model's device
+            layer.state = [to_numpy(s) if xp is np else xp.asarray(s) for s in layer.state]
+            layer.ensure_state(self.dtype, xp)
         self._flat = flat
         self._gflat = None
         self._rkey = None
@@ -233,7 +236,7 @@ class Sequential:
         self._rkey = key
 
     def count_params(self) -> int:
-        """Total number of parameters (from shapes; allocates nothing)."""
+        """Total number of parameters, moving statistics included (from shapes; allocates nothing)."""
         if self.input_shape is not None:
             self._configure()
         return sum(l.count_params() for l in self.layers)
@@ -255,7 +258,7 @@ class Sequential:
             if i < len(self.layers) - 1:
                 rows.append("")
         total = self.count_params()
-        trainable = sum(l.count_params() for l in self.layers if l.trainable)
+        trainable = sum(l.count_trainable() for l in self.layers if l.trainable)
         rows[-1:] = [] if rows[-1] == "" else rows[-1:]
         rows += ["=" * sum(w), f"Total params: {total:,}", f"Trainable params: {trainable:,}",
                  f"Non-trainable params: {total - trainable:,}", line]
@@ -275,12 +278,12 @@ class Sequential:
     def set_weights(self, weights) -> None:
         self.build()
         weights = list(weights)
-        need = sum(len(l.params) for l in self.layers)
+        need = sum(len(l.params) + len(l.state) for l in self.layers)
         if len(weights) != need:
             raise ValueError(f"model {self.name!r} has {need} weight arrays, got {len(weights)}")
         i = 0
         for layer in self.layers:
-            k = len(layer.params)
+            k = len(layer.params) + len(layer.state)
             layer.set_weights(weights[i:i + k])
             i += k
 
@@ -295,7 +298,7 @@ class Sequential:
         if weights is not None:
             self._flat = None
             for layer in self.layers:
-                layer.params, layer.grads = [], []
+                layer.params, layer.grads, layer.state = [], [], []
                 for k in ("_ctx",):
                     if hasattr(layer, k):
                         setattr(layer, k, {})
@@ -459,7 +462,7 @@ class Sequential:
 
     def gradients(self, x, y) -> tuple[float, list]:
         """``(loss, grads)`` for one batch without updating anything; ``grads`` follows
-        ``get_weights()`` order (None for frozen layers' weights). For checks and research code."""
+        ``get_weights()`` order (None for frozen layers' weights and for non-trainable state). For checks and research code."""
         if self.loss is None:
             raise RuntimeError("call model.compile(...) before gradients()")
         x = self._check_x(x, "gradients")
@@ -471,6 +474,7 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             live = layer.trainable and i >= self._first
             grads += [to_numpy(g).copy() if live else None for g in layer.grads]
+            grads += [None] * len(layer.state)
         return loss, grads
 
     def _forward_backward(self, xb, yb):
