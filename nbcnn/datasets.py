@@ -4,7 +4,11 @@
 with images as uint8 ``(N, 1, 28, 28)`` and labels as uint8 ``(N,)``. Use
 :func:`to_float` for float32 in [0, 1] (models also accept the uint8 arrays directly).
 
-Where the data comes from, first hit wins:
+Users' own images: :func:`image_folder` (a class per sub-folder, cached decoded,
+streamed when large; :mod:`nbcnn.imagefolder`) and :func:`load_cifar10` /
+:func:`load_cifar100` (the official binary format; :mod:`nbcnn.cifar`).
+
+Where the MNIST data comes from, first hit wins:
 
 1. the ``path`` argument: a folder with the four IDX files (``.gz`` or raw), a
    folder holding ``<name>/``, or an ``.npz`` with ``x_train, y_train, x_test, y_test``;
@@ -31,15 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_open, write_bytes
+from ._datapaths import DatasetError, cache_dir
+from .cifar import load_cifar10, load_cifar100
+from .imagefolder import ImageArray, ImageFolder, image_folder
 
 __all__ = [
     "load_mnist", "load_fashion_mnist", "load_dataset", "read_idx", "to_float", "BatchIterator",
     "DatasetError", "DATASETS", "cache_dir", "find_dataset", "last_source",
+    "image_folder", "ImageFolder", "ImageArray", "load_cifar10", "load_cifar100",
 ]
-
-
-class DatasetError(ValueError):
-    """A data file is missing, truncated or not what it claims to be."""
 
 
 _FILES = {
@@ -181,14 +185,6 @@ def _load_npz(path: Path, name: str):
 # ----------------------------------------------------------------------------------------------
 # search order
 # ----------------------------------------------------------------------------------------------
-
-def cache_dir() -> Path:
-    """``$NBCNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/nbcnn``, else ``~/.cache/nbcnn``."""
-    if os.environ.get("NBCNN_CACHE_DIR"):
-        return Path(os.environ["NBCNN_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nbcnn"
-
 
 def find_dataset(name: str, path=None) -> tuple[str, Path] | None:
     """``(source, location)`` of a complete local copy, or None (no download, no sample)."""

@@ -4,7 +4,9 @@ Design (each point answers a classic data-loader failure):
 
 * Workers are **spawned**, never forked: ``fork`` after Numba's OpenMP runtime
   has run makes the children abort and the parent wait forever.
-* The images live once in **shared memory**; a task is just (epoch, batch,
+* The images live once in **shared memory** (or, for a data set larger than
+  memory, in a cache file each worker reads its own rows from: an
+  :class:`nbcnn.imagefolder.ImageArray`); a task is just (epoch, batch,
   indices). Finished batches come back through a queue, and at most
   ``prefetch`` batches are in flight, so memory stays bounded.
 * **Randomness per batch**: batch b of epoch e is distorted with the
@@ -45,6 +47,11 @@ class WorkerError(RuntimeError):
     """A worker process failed; the message carries its traceback."""
 
 
+def _file_backed(a) -> bool:
+    """An array read from a file row by row (``ImageArray``): never copied into shared memory."""
+    return hasattr(a, "view") and hasattr(a, "path") and not isinstance(a, np.ndarray)
+
+
 def _make_batch(xs, ys, idx, pipeline, seed, epoch, b, to_float):
     from .augment import batch_rng
     xb = xs[idx]
@@ -56,6 +63,8 @@ def _make_batch(xs, ys, idx, pipeline, seed, epoch, b, to_float):
 
 
 def _attach(spec):
+    if spec[0] == "file":  # a file-backed array: the worker reads its own rows
+        return None, spec[1]
     name, shape, dtype = spec
     shm = shared_memory.SharedMemory(name=name)
     return shm, np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
@@ -90,8 +99,9 @@ def _worker_main(wid, xspec, yspec, pipeline, seed, to_float, threads, tasks, re
                 results.put((epoch, b, None, f"worker {wid}, batch {b}:\n{traceback.format_exc()}"))
     finally:
         del xs, ys
-        shm_x.close()
-        shm_y.close()
+        for shm in (shm_x, shm_y):
+            if shm is not None:
+                shm.close()
 
 
 @contextlib.contextmanager
@@ -129,6 +139,9 @@ class _Pool:
         try:
             specs = []
             for a in (x, y):
+                if _file_backed(a):
+                    specs.append(("file", a))
+                    continue
                 shm = shared_memory.SharedMemory(create=True, size=max(1, a.nbytes))
                 self.shms.append(shm)
                 np.ndarray(a.shape, a.dtype, buffer=shm.buf)[...] = a
@@ -223,7 +236,7 @@ class AugmentedBatches:
     def __init__(self, x, y, batch_size=32, pipeline=None, *, seed=0, workers=2, shuffle=True,
                  to_float=True, prefetch=None, drop_last=False, threads_per_worker=1, timeout=None):
         from .augment import Pipeline, _check_batch
-        self.x = _check_batch(x)
+        self.x = x if _file_backed(x) else _check_batch(x)
         self.y = np.ascontiguousarray(np.asarray(y))
         if self.y.shape[:1] != self.x.shape[:1]:
             raise ValueError(f"x has {self.x.shape[0]} images but y has shape {self.y.shape}")
