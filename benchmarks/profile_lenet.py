@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     import numba
     import numpy as np
 
-    from nbcnn.bench import _lenet_data, _nbcnn_lenet
+    from nbcnn.bench import lenet_data, nbcnn_lenet
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--activation", default="tanh", choices=["tanh", "relu"])
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=20)
     a = ap.parse_args(argv)
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
-    model = _nbcnn_lenet(a.activation, a.pooling)
-    x, y = _lenet_data(a.batch, np.random.default_rng(0))
+    model = nbcnn_lenet(a.activation, a.pooling)
+    x, y = lenet_data(a.batch, np.random.default_rng(0))
     for _ in range(3):
         model.train_on_batch(x, y)
     prof = cProfile.Profile()

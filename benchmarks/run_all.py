@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             rep = bench.run_startup(threads=a.threads, progress=say)
         rep["quiet_check"] = quiet
         rep["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
-        bench._write_json(str(a.out / f"{sec}.json"), rep)
+        bench.write_json(str(a.out / f"{sec}.json"), rep)
         print(f"\n{sec}:\n{bench.format_report(rep)}\n", flush=True)
     say(f"all done in {time.perf_counter() - t0:.0f} s")
     if not a.no_update:

@@ -1,9 +1,11 @@
-"""``nbcnn bench``: the benchmark tables of :mod:`nbcnn.bench` from the command line."""
+"""``nbcnn bench``: the benchmark tables of :mod:`nbcnn.bench` from the command line (its only one)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from nbcnn.bench.runners import op_choices
 
 from . import common
 
@@ -23,8 +25,9 @@ def _batches(text: str) -> tuple[int, ...]:
     "nbcnn bench --op all --shapes all --compare torch --json ops.json",
     "nbcnn bench --model lenet5 --batch 64,256 --compare torch",
     "nbcnn bench --startup            # fresh-process start-up times",
+    "nbcnn bench --blas-threads       # BLAS and Numba threads do not fight, whatever the import order",
     "nbcnn bench --device cuda --op conv --shapes vgg"))
-@click.option("--op", type=click.Choice(["conv", "pool", "all"]), default="all", show_default=True,
+@click.option("--op", type=click.Choice(op_choices()), default="all", show_default=True,
               help="Which ops to time.")
 @click.option("--shapes", default="all", show_default=True, metavar="lenet|vgg|alexnet|all",
               help="Convolution shape groups (or shape names), comma-separated.")
@@ -34,6 +37,8 @@ def _batches(text: str) -> tuple[int, ...]:
               help="Batch sizes for --model, comma-separated.")
 @click.option("--startup", is_flag=True, help="Time start-up (cold and warm kernel cache) in fresh processes.")
 @click.option("--memory", is_flag=True, help="Peak memory of LeNet-5 training in fresh processes.")
+@click.option("--blas-threads", is_flag=True,
+              help="Time a GEMM-then-Numba workload under several import orders, in fresh processes.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--compare", type=click.Choice(["torch", "auto", "none"]), default="none", show_default=True,
               help="Time PyTorch side by side in the same process (needs torch installed).")
@@ -42,13 +47,15 @@ def _batches(text: str) -> tuple[int, ...]:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--quick", is_flag=True, help="Fewer, shorter rounds (noisier numbers).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="Alternating rounds per case.")
+@click.option("--passes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ops/--model: repeat the whole run and pool the passes (each pass's ratio is shown).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full report (all timings, environment) as JSON.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines (they go to stderr on a terminal).")
 @common.verbose_option
-def bench(op, shapes, model, batch_text, startup, memory, device, compare, threads, dtype, quick, rounds,
-          json_path, markdown, quiet):
+def bench(op, shapes, model, batch_text, startup, memory, blas_threads, device, compare, threads, dtype, quick,
+          rounds, passes, json_path, markdown, quiet):
     """Time nbcnn's convolution and pooling ops, or LeNet-5 training, optionally against PyTorch.
 
     Each case runs in alternating rounds (ours, torch, torch, ours, ...) in one
@@ -58,8 +65,8 @@ def bench(op, shapes, model, batch_text, startup, memory, device, compare, threa
     """
     from nbcnn import bench as nb
 
-    if sum(bool(v) for v in (model, startup, memory)) > 1:
-        raise common.UserError("choose one of --model, --startup and --memory")
+    if sum(bool(v) for v in (model, startup, memory, blas_threads)) > 1:
+        raise common.UserError("choose one of --model, --startup, --memory and --blas-threads")
     if device == "cuda":
         import nbcnn
 
@@ -73,16 +80,25 @@ def bench(op, shapes, model, batch_text, startup, memory, device, compare, threa
     progress = (lambda msg: click.echo(msg, err=True)) if show else None
     cmp = None if compare == "none" else compare
     try:
-        if model:
-            report = nb.run_train(batches=_batches(batch_text), device=device, compare=cmp, threads=threads,
-                                  quick=quick, rounds=rounds, progress=progress)
-        elif startup:
+        if startup:
             report = nb.run_startup(threads=threads, progress=progress)
         elif memory:
             report = nb.run_memory(steps=10 if quick else 30, threads=threads, compare=cmp, progress=progress)
+        elif blas_threads:
+            report = nb.run_threads(seconds=1.0 if quick else 2.0, passes=1 if quick else 2, threads=threads,
+                                    progress=progress)
         else:
-            report = nb.run_ops(op, [s.strip() for s in shapes.split(",") if s.strip()], device, cmp,
-                                threads, dtype, quick, rounds, progress=progress)
+            reports = []
+            for i in range(passes):
+                if passes > 1 and progress:
+                    progress(f"pass {i + 1} of {passes}")
+                if model:
+                    reports.append(nb.run_train(batches=_batches(batch_text), device=device, compare=cmp,
+                                                threads=threads, quick=quick, rounds=rounds, progress=progress))
+                else:
+                    reports.append(nb.run_ops(op, [s.strip() for s in shapes.split(",") if s.strip()], device,
+                                              cmp, threads, dtype, quick, rounds, progress=progress))
+            report = nb.merge_passes(reports) if passes > 1 else reports[0]
     except nb.BenchError as exc:
         raise common.UserError(str(exc)) from exc
     if json_path is not None:

@@ -41,7 +41,7 @@ def _register() -> None:
 
     for command in (train, evaluate, predict, summary, bench, info):
         cli.add_command(command)
-    from . import augment, transfer, visualize  # issue 6: transfer learning, augmentation, visualisation
+    from . import augment, transfer, visualize
     for command in (transfer.transfer, augment.augment, visualize.visualize):
         cli.add_command(command)
 

@@ -8,10 +8,10 @@ import pytest
 
 from nbcnn import bench
 
-TINY = bench.ConvShape("tiny", 2, 2, 6, 6, 3, 3, 1, 1)
+TINY = bench.TINY_CONV
 
 
-def test_conv_shapes_are_the_issue_shapes():
+def test_conv_shapes_are_the_classic_layers():
     s = bench.CONV_SHAPES
     assert (s["lenet_conv1"].N, s["lenet_conv1"].C, s["lenet_conv1"].k, s["lenet_conv1"].p) == (64, 1, 5, 2)
     assert s["lenet_conv1"].out_hw == (28, 28)
@@ -56,11 +56,36 @@ def test_run_ops_tiny_without_torch():
 
 
 def test_targets_and_status_marks():
-    assert bench._target_for("conv", "fwd+bwd", "lenet_conv2") == {"issue2": 1.0, "issue7": 0.5}
-    assert bench._target_for("conv", "fwd+bwd", "vgg") == {"issue2": 1.5, "issue7": 1.0}
-    assert bench._target_for("conv", "fwd", "vgg") == {}
-    assert bench._met(0.4, bench._target_for("max_pool", "fwd", None)) == "#2 met, #7 missed"
-    assert bench._met(1.6, {"issue7": 1.5}, "ge") == "#7 met"
+    from nbcnn.bench import report, runners
+
+    conv = bench.OPS["conv"]
+    assert runners._target(conv, "fwd+bwd", "lenet_conv2") == 0.5
+    assert runners._target(conv, "fwd+bwd", "vgg") == 1.0
+    assert runners._target(conv, "fwd", "vgg") is None
+    assert runners._target(bench.OPS["max_pool"], "fwd", "pool") == 0.3
+    assert (report._met(0.29, 0.3), report._met(0.31, 0.3)) == ("met", "missed")
+    assert report._met(1.6, 1.5, "ge") == "met" and report._target_str(1.5, "ge") == ">= 1.5"
+    assert report._met(0.4, {"a": 0.5, "b": 0.3}) == "missed"   # an old report's several targets: the strictest
+
+
+def test_every_op_of_the_table_runs_and_matches_torch():
+    pytest.importorskip("torch")
+    shapes = {n: (2, 3, 6, 6) for n, s in bench.OPS.items() if not s.conv_shapes}
+    rep = bench.run_ops("all", [TINY], compare="torch", rounds=1, round_s=0.0, op_shapes=shapes)
+    assert {r["op"] for r in rep["results"]} == set(bench.OPS)
+    for r in rep["results"]:
+        assert r["torch_ms"] > 0 and r["max_rel_err"], r
+        assert max(r["max_rel_err"].values()) < 1e-4, r
+    assert bench.op_choices()[-1] == "all" and "pool" in bench.op_choices()
+
+
+def test_rel_err_flags_shape_and_nan_mismatches():
+    import numpy as np
+
+    want = np.array([1.0, -4.0, 2.0])
+    assert bench.rel_err(want + np.array([0.0, 0.4, 0.0]), want) == pytest.approx(0.1)
+    assert bench.rel_err(np.array([1.0, np.nan, 2.0]), want) == float("inf")   # an unwritten output
+    assert bench.rel_err(want[:2], want) == float("inf")
 
 
 def test_bad_arguments_are_clear(monkeypatch):
@@ -68,33 +93,37 @@ def test_bad_arguments_are_clear(monkeypatch):
         bench.run_ops("gemm", compare=None)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         bench.run_ops("pool", device="tpu", compare=None)
-    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    from nbcnn.bench import peers
+
+    monkeypatch.setattr(peers, "torch_available", lambda: False)
     with pytest.raises(bench.BenchError, match="needs PyTorch"):
         bench.run_ops("pool", compare="torch")
-    assert bench._resolve_compare("auto") is None
+    assert peers.resolve_compare("auto") is None
 
 
 def test_child_scripts_compile_and_run_child_plumbing(tmp_path):
+    from nbcnn.bench import processes
+
     for name in ("_STARTUP_OPS", "_STARTUP_TRAIN", "_MEMORY", "_THREADS"):
-        compile(getattr(bench, name), name, "exec")
-    env = bench._child_env(2, OPENBLAS_THREAD_TIMEOUT=None)
-    out = bench._run_child("import json, os, sys; print(json.dumps({'n': os.environ['NUMBA_NUM_THREADS'], "
+        compile(getattr(processes, name), name, "exec")
+    env = processes._child_env(2, OPENBLAS_THREAD_TIMEOUT=None)
+    out = processes._run_child("import json, os, sys; print(json.dumps({'n': os.environ['NUMBA_NUM_THREADS'], "
                            "'a': sys.argv[1:]}))", env, timeout=60, args=("x", 3))
     assert out["ok"] and out["n"] == "2" and out["a"] == ["x", "3"]
-    bad = bench._run_child("raise SystemExit('boom')", env, timeout=60)
+    bad = processes._run_child("raise SystemExit('boom')", env, timeout=60)
     assert not bad["ok"] and "boom" in bad["error"]
 
 
 def test_write_json_is_atomic_and_readable(tmp_path):
     p = tmp_path / "sub" / "r.json"
-    bench._write_json(str(p), {"a": 1})
+    bench.write_json(str(p), {"a": 1})
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in p.parent.iterdir()] == ["r.json"]
 
 
 def _row(nb, th):
     r = {"op": "conv", "shape": "s", "mode": "fwd", "flops": 2_000_000, "round_min_ms": {"nbcnn": nb, "torch": th},
-         "ratio": bench._median([a / b for a, b in zip(nb, th)]), "max_rel_err": {"y": 1e-7}}
+         "ratio": bench.median([a / b for a, b in zip(nb, th)]), "max_rel_err": {"y": 1e-7}}
     return r
 
 

@@ -1,4 +1,4 @@
-"""Epoch time of LeNet-5 with online augmentation vs without (issue 6 target: <= 1.2x).
+"""Epoch time of LeNet-5 with online augmentation vs without (target: <= 1.2x the time without).
 
 Variants, interleaved round by round (A B C, then C B A, ...) so machine noise hits all alike:
   plain    : model.fit(x, y)                       (no augmentation, in-process batches)
@@ -7,7 +7,7 @@ Variants, interleaved round by round (A B C, then C B A, ...) so machine noise h
 Worker start-up is paid once per source (outside the timed epochs: the sources are reused).
 Also times the augmentation alone (pipeline over the same images, one process, one thread).
 
-    NBCNN_DATA=/work/shared/data python benchmarks/issue6_augment_overhead.py --n 10000 --rounds 3
+    NBCNN_DATA=/work/shared/data python benchmarks/augment_overhead.py --n 10000 --rounds 3
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transfer-learning demo (issue 6): a LeNet-5 trained on MNIST digits -> 3 Fashion-MNIST classes.
+"""Transfer-learning demo: a LeNet-5 trained on MNIST digits -> 3 Fashion-MNIST classes.
 
 For each training-set size and seed, on the SAME class-balanced subset:
   * transfer, head only: new Dense(3) on the frozen MNIST features, trained on cached features;
@@ -9,7 +9,7 @@ the head on cached features vs running the frozen layers in every epoch (same ep
 
     nbcnn train --epochs 8 --seed 1 --activation tanh --pooling avg --lr 0.001 --schedule constant \
         --out lenet5-mnist.nbcnn      # the base model of the README numbers
-    NBCNN_DATA=/work/shared/data python benchmarks/issue6_transfer_demo.py --base lenet5-mnist.nbcnn
+    NBCNN_DATA=/work/shared/data python benchmarks/transfer_demo.py --base lenet5-mnist.nbcnn
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LeNet-5 on full MNIST with online augmentation (issue 6 target: <= 0.8% test error).
+"""LeNet-5 on full MNIST with online augmentation (target: <= 0.8% test error).
 
 Distortions in the spirit of LeCun et al. 1998 (small affine warps): rotation,
 scaling and sub-pixel translation, drawn per image by worker processes while
@@ -6,7 +6,7 @@ the model trains. Adam with a cosine learning-rate decay. Writes one JSON
 line per epoch (test error after each epoch, so a cut-short run still
 reports its best-so-far) and saves the model at the end.
 
-    NBCNN_DATA=/work/shared/data python benchmarks/issue6_lenet5_augment.py --epochs 20 --out runs/aug.nbcnn
+    NBCNN_DATA=/work/shared/data python benchmarks/augment_accuracy.py --epochs 20 --out runs/aug.nbcnn
 """
 from __future__ import annotations
 
