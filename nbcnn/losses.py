@@ -1,4 +1,4 @@
-"""Losses: softmax cross-entropy on logits (fused, stable gradient) and mean squared error.
+"""Losses: softmax cross-entropy on logits (fused, stable gradient, optional label smoothing) and MSE.
 
 A loss object returns ``(loss, grad)`` in one call, where ``grad`` is the
 gradient of the *mean* loss over the batch with respect to the model output.
@@ -44,16 +44,35 @@ class Loss:
     def loss_and_grad(self, out, y):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def get_config(self):
+        """What a model file stores: the name, or a dict when the loss has settings."""
+        return self.name
+
     def value(self, out, y) -> float:
         """The summed (not mean) loss of a batch, for evaluation."""
         return self.loss_and_grad(out, y, grad=False)[0] * out.shape[0]
 
 
 class CrossEntropy(Loss):
-    """Softmax cross-entropy on logits: ``mean(logsumexp(z) - z[y])``; gradient ``(softmax(z) - t) / N``."""
+    """Softmax cross-entropy on logits: ``mean(logsumexp(z) - sum_k t_k z_k)``; gradient ``(softmax(z) - t) / N``.
+
+    ``label_smoothing = e`` trains against ``t = (1 - e) * target + e / K`` (Szegedy et al. 2016),
+    as PyTorch's ``CrossEntropyLoss(label_smoothing=e)``; the reported loss is the smoothed one.
+    """
 
     name = "cross_entropy"
     expects_logits = True
+
+    def __init__(self, label_smoothing: float = 0.0):
+        e = float(label_smoothing)
+        if not 0.0 <= e < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = e
+
+    def get_config(self):
+        if not self.label_smoothing:
+            return self.name
+        return {"class_name": "CrossEntropy", "label_smoothing": self.label_smoothing}
 
     def loss_and_grad(self, z, y, grad=True):
         xp = _xp(z)
@@ -61,6 +80,7 @@ class CrossEntropy(Loss):
             raise ValueError(f"cross-entropy needs (N, classes) logits, got shape {tuple(z.shape)}")
         n, k = z.shape
         labels, t = _targets(xp, y, n, k, z.dtype)
+        eps = self.label_smoothing
         m = z.max(axis=1, keepdims=True)
         e = z - m
         xp.exp(e, out=e)
@@ -69,14 +89,25 @@ class CrossEntropy(Loss):
         if labels is not None:
             rows = xp.arange(n)
             zy = z[rows, labels]
-            loss = (logs[:, 0] + m[:, 0] - zy).mean()
+            if eps:  # t = (1 - eps) onehot + eps / K
+                per = logs[:, 0] + m[:, 0] - (1 - eps) * zy - (eps / k) * z.sum(axis=1)
+            else:
+                per = logs[:, 0] + m[:, 0] - zy
+            loss = per.mean()
         else:
+            if eps:
+                t = (1 - eps) * t + eps / k
+                t = t.astype(z.dtype, copy=False)
             loss = ((logs + m - z) * t).sum(axis=1).mean()
         if not grad:
             return float(loss), None
         e /= s
         if labels is not None:
-            e[rows, labels] -= 1
+            if eps:
+                e -= z.dtype.type(eps / k)
+                e[rows, labels] -= z.dtype.type(1 - eps)
+            else:
+                e[rows, labels] -= 1
         else:
             e -= t
         e *= z.dtype.type(1.0 / n)
@@ -119,4 +150,7 @@ def get(spec) -> Loss:
         return spec
     if isinstance(spec, str) and spec.lower() in _ALIASES:
         return _ALIASES[spec.lower()]()
+    if isinstance(spec, dict) and spec.get("class_name") == "CrossEntropy":
+        cfg = {k: v for k, v in spec.items() if k != "class_name"}
+        return CrossEntropy(**cfg)
     raise ValueError(f"unknown loss {spec!r}; choose one of {sorted(_ALIASES)} or pass a Loss")

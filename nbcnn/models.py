@@ -35,6 +35,21 @@ from .progress import ProgressBar, format_time, is_tty
 __all__ = ["Sequential", "History"]
 
 
+def _no_decay_ranges(layers, spans) -> list:
+    """Flat ``[lo, hi)`` ranges of every 1-D parameter (biases, normalisation scales and shifts):
+    the ones an optimiser with ``decay_biases=False`` leaves out of weight decay."""
+    out: list = []
+    for layer, (off, _) in zip(layers, spans):
+        for p in layer.params:
+            if p.ndim <= 1 and p.size:
+                if out and out[-1][1] == off:
+                    out[-1] = (out[-1][0], off + p.size)
+                else:
+                    out.append((off, off + p.size))
+            off += p.size
+    return out
+
+
 def _is_array(a) -> bool:
     return isinstance(a, np.ndarray) or is_gpu_array(a)
 
@@ -71,6 +86,7 @@ class Sequential:
         self._gflat = None
         self._rkey = None
         self._ranges: list = []
+        self._no_decay: list = []
         self._first = 0
         self._dropout_rng = np.random.default_rng([self.seed, 1])
         for layer in layers or []:
@@ -230,6 +246,7 @@ class Sequential:
                 else:
                     ranges.append((lo, hi))
         self._ranges = ranges
+        self._no_decay = _no_decay_ranges(self.layers, self._spans)
         self._first = len(self.layers) if first is None else first
         for i, layer in enumerate(self.layers):
             layer.need_gx = i > self._first
@@ -456,7 +473,7 @@ class Sequential:
         """One optimiser step on a prepared batch; returns (mean loss, number correct or -1)."""
         loss, out = self._forward_backward(xb, yb)
         if self._ranges:
-            self.optimizer.step(self._flat, self._gflat, self._ranges)
+            self.optimizer.step(self._flat, self._gflat, self._ranges, self._no_decay)
         correct = self._correct(out, yb) if self.metrics else -1
         return loss, correct
 

@@ -70,7 +70,7 @@ def save_model(model, path, metadata: dict | None = None, include_optimizer: boo
             arrays.append((name, w))
             k += 1
     if model.loss is not None and model.optimizer is not None:
-        index["compile"] = {"loss": model.loss.name, "metrics": list(model.metrics),
+        index["compile"] = {"loss": model.loss.get_config(), "metrics": list(model.metrics),
                             "optimizer": model.optimizer.get_config()}
         if include_optimizer:
             scalars, slots = model.optimizer.get_state()

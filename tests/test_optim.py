@@ -82,7 +82,7 @@ def test_schedules():
 
 def test_bad_arguments():
     for bad in (lambda: optim.SGD(0), lambda: optim.SGD(0.1, momentum=1.0), lambda: optim.SGD(0.1, nesterov=True),
-                lambda: optim.Adam(0.1, beta_1=1.5), lambda: optim.get("rmsprop"), lambda: optim.SGD(0.1, weight_decay=-1)):
+                lambda: optim.Adam(0.1, beta_1=1.5), lambda: optim.get("lbfgs"), lambda: optim.SGD(0.1, weight_decay=-1)):
         with pytest.raises(ValueError):
             bad()
     assert isinstance(optim.get("adam"), optim.Adam) and isinstance(optim.get("SGD"), optim.SGD)
