@@ -31,11 +31,11 @@ def main():
 
     import numpy as np
 
-    from nbcnn import augment, callbacks, datasets, optim, zoo
+    from nbcnn import callbacks, datasets, loader, optim, zoo
 
     (x, y), (xt, yt) = datasets.load_mnist()
     model = zoo.lenet5(activation=a.activation, pooling=a.pooling, seed=a.seed)
-    src = augment.online_batches(x, y, a.batch_size, a.augment, seed=a.seed, workers=a.workers, to_float=False)
+    src = loader.online_batches(x, y, a.batch_size, a.augment, seed=a.seed, workers=a.workers, to_float=False)
     steps = len(src) * a.epochs
     model.compile(optimizer=optim.Adam(lr=optim.CosineDecay(a.lr, steps, final=a.lr * 0.01)))
     log = open(a.log or a.out + ".jsonl", "a")

@@ -28,15 +28,15 @@ def main():
 
     import numpy as np
 
-    from nbcnn import augment, datasets, zoo
+    from nbcnn import augment, datasets, loader, zoo
 
     (x, y), _ = datasets.load_mnist()
     x, y = x[:a.n], y[:a.n]
     model = zoo.lenet5(activation="relu", pooling="max", seed=0)
     model.compile(optimizer="adam")
     model.fit(x[:256], y[:256], epochs=1, verbose=0)  # compile kernels outside the timings
-    src_w = augment.online_batches(x, y, a.batch_size, a.augment, seed=0, workers=a.workers, to_float=False)
-    src_0 = augment.online_batches(x, y, a.batch_size, a.augment, seed=0, workers=0, to_float=False)
+    src_w = loader.online_batches(x, y, a.batch_size, a.augment, seed=0, workers=a.workers, to_float=False)
+    src_0 = loader.online_batches(x, y, a.batch_size, a.augment, seed=0, workers=0, to_float=False)
     runs = {"plain": lambda: model.fit(x, y, epochs=1, batch_size=a.batch_size, verbose=0),
             "workers": lambda: model.fit(src_w, epochs=1, verbose=0),
             "inproc": lambda: model.fit(src_0, epochs=1, verbose=0)}

@@ -407,11 +407,11 @@ class Trainer:
         self._finish(model)
 
     def _augmented_source(self):
-        from nbcnn import augment
+        from nbcnn import loader
 
-        return augment.online_batches(self.x_train, self.y_train, batch_size=self.opts["batch_size"],
-                                      augment=self.opts["augment"], seed=self.opts["seed"],
-                                      workers=self.opts["workers"], shuffle=True, to_float=False)
+        return loader.online_batches(self.x_train, self.y_train, batch_size=self.opts["batch_size"],
+                                     augment=self.opts["augment"], seed=self.opts["seed"],
+                                     workers=self.opts["workers"], shuffle=True, to_float=False)
 
     def record_epoch(self, epoch, logs, seen):
         h = self.history

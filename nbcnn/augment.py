@@ -15,9 +15,9 @@ rounded and clipped to [0, 255], float results are clipped only when a
 ``clip=(lo, hi)`` is given. Inputs are never modified.
 
 Offline: :func:`augment_dataset` and :func:`write_dataset` write IDX files that
-:mod:`nbcnn.datasets` reads. Online: :func:`online_batches` returns a batch
-source whose worker processes distort mini-batches while the model trains
-(see :mod:`nbcnn.loader`).
+:mod:`nbcnn.datasets` reads. Online, worker processes distort mini-batches while
+the model trains: :func:`nbcnn.loader.online_batches` (the loader uses this
+module; this module knows nothing of the loader).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ __all__ = [
     "rotate", "affine", "translate", "mirror", "add_noise", "color_shift",
     "RandomAffine", "RandomRotation", "RandomCrop", "RandomMirror", "GaussianNoise", "ColorShift",
     "Pipeline", "parse_spec", "batch_rng", "augment_dataset", "write_dataset", "write_idx",
-    "online_batches", "SPEC_KEYS",
+    "SPEC_KEYS",
 ]
 
 _DTYPES = (np.uint8, np.float32, np.float64)
@@ -469,21 +469,3 @@ def write_dataset(out_dir, name, train, test, *, compress=True):
         written.append(write_idx(d / f"{prefix}-images-idx3-ubyte{ext}", x))
         written.append(write_idx(d / f"{prefix}-labels-idx1-ubyte{ext}", np.asarray(y)))
     return written
-
-
-# ---------------------------------------------------------------- online
-
-def online_batches(x, y, batch_size=32, augment="", *, seed=0, workers=2, shuffle=True,
-                   to_float=True, prefetch=None, drop_last=False):
-    """A re-iterable source of augmented ``(xb, yb)`` mini-batches for ``Sequential.fit``.
-
-    ``augment`` is a spec string or a :class:`Pipeline`; ``workers=0`` distorts in
-    this process; ``workers>=1`` uses that many worker processes (spawned, so
-    safe after Numba's OpenMP runtime has started). ``len()`` is the number of
-    batches per epoch. Call ``.close()`` (or use ``with``) to stop the workers
-    early; they also stop at interpreter exit.
-    """
-    from .loader import AugmentedBatches
-    return AugmentedBatches(x, y, batch_size=batch_size, pipeline=parse_spec(augment), seed=seed,
-                            workers=workers, shuffle=shuffle, to_float=to_float, prefetch=prefetch,
-                            drop_last=drop_last)

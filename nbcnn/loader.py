@@ -38,7 +38,9 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-__all__ = ["AugmentedBatches", "WorkerError"]
+from .augment import Pipeline, _check_batch, batch_rng, parse_spec
+
+__all__ = ["AugmentedBatches", "WorkerError", "online_batches"]
 
 _POLL_S = 0.2
 
@@ -53,7 +55,6 @@ def _file_backed(a) -> bool:
 
 
 def _make_batch(xs, ys, idx, pipeline, seed, epoch, b, to_float):
-    from .augment import batch_rng
     xb = xs[idx]
     if len(pipeline):
         xb = pipeline(xb, batch_rng(seed, epoch, b))
@@ -235,7 +236,6 @@ class AugmentedBatches:
 
     def __init__(self, x, y, batch_size=32, pipeline=None, *, seed=0, workers=2, shuffle=True,
                  to_float=True, prefetch=None, drop_last=False, threads_per_worker=1, timeout=None):
-        from .augment import Pipeline, _check_batch
         self.x = x if _file_backed(x) else _check_batch(x)
         self.y = np.ascontiguousarray(np.asarray(y))
         if self.y.shape[:1] != self.x.shape[:1]:
@@ -332,3 +332,18 @@ class AugmentedBatches:
             self.close()
         except Exception:
             pass
+
+
+def online_batches(x, y, batch_size=32, augment="", *, seed=0, workers=2, shuffle=True,
+                   to_float=True, prefetch=None, drop_last=False):
+    """A re-iterable source of augmented ``(xb, yb)`` mini-batches for ``Sequential.fit``.
+
+    ``augment`` is a spec string or a :class:`Pipeline`; ``workers=0`` distorts in
+    this process; ``workers>=1`` uses that many worker processes (spawned, so
+    safe after Numba's OpenMP runtime has started). ``len()`` is the number of
+    batches per epoch. Call ``.close()`` (or use ``with``) to stop the workers
+    early; they also stop at interpreter exit.
+    """
+    return AugmentedBatches(x, y, batch_size=batch_size, pipeline=parse_spec(augment), seed=seed,
+                            workers=workers, shuffle=shuffle, to_float=to_float, prefetch=prefetch,
+                            drop_last=drop_last)

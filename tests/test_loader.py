@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from nbcnn.augment import online_batches, parse_spec
-from nbcnn.loader import AugmentedBatches, WorkerError
+from nbcnn.augment import parse_spec
+from nbcnn.loader import AugmentedBatches, WorkerError, online_batches
 
 
 class Boom:
@@ -118,7 +118,7 @@ def test_dead_worker_is_detected_not_waited_for():
 SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from nbcnn.augment import online_batches
+    from nbcnn.loader import online_batches
     x = np.zeros((4000, 1, 8, 8), np.uint8); y = np.zeros(4000)
     src = online_batches(x, y, 2, "rotate=5", seed=0, workers=2)
     it = iter(src)
