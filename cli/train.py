@@ -161,7 +161,8 @@ EPILOG = common.examples(
     "nbcnn train --optimizer sgd --lr 0.05 --batch-size 128 --seed 1",
     "nbcnn train --augment rotate=10,crop=2,noise=0.05 --workers 2",
     "nbcnn train --resume lenet5-mnist.ckpt.nbcnn  # continue after Ctrl-C",
-    "nbcnn train --resume lenet5-mnist.nbcnn --epochs 20   # train a finished model longer")
+    "nbcnn train --resume lenet5-mnist.nbcnn --epochs 20   # train a finished model longer",
+    "mpiexec -n 2 nbcnn train --distributed --batch-size 32   # 2 ranks, global batch 64")
 
 
 @click.command(epilog=EPILOG)
@@ -205,6 +206,9 @@ EPILOG = common.examples(
 @click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Continue from a checkpoint (or a finished model file, with a larger --epochs).")
 @click.option("--no-plot", is_flag=True, help="Do not write the training-curve PNG.")
+@click.option("--distributed", is_flag=True,
+              help="Data-parallel training over MPI: run as `mpiexec -n K nbcnn train --distributed ...`; "
+                   "--batch-size is per rank, rank 0 writes the files.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final result (no epoch lines, no progress bar).")
 @common.verbose_option
 @click.pass_context
@@ -269,6 +273,21 @@ class _CliCallback(Callback):
         self.t.record_epoch(epoch, logs or {}, self.seen)
 
 
+def _distributed_comm(opts):
+    """The MPI communicator for ``--distributed`` (None without it); a clear error without MPI."""
+    if not opts.get("distributed"):
+        return None
+    try:
+        from nbcnn import distributed
+        comm = distributed.init()
+    except ImportError as exc:
+        raise common.UserError(str(exc)) from None
+    if comm.size == 1:
+        common.notice("Notice: --distributed with a single MPI rank (start it as `mpiexec -n K nbcnn train "
+                      "--distributed ...` to train on K ranks)")
+    return comm
+
+
 def validation_cut(n: int, val_split: float, group: int = 1) -> int:
     """Where the held-out tail starts (Keras convention: the last fraction, not shuffled).
 
@@ -288,6 +307,13 @@ class Trainer:
     def __init__(self, ctx, opts):
         self.state = None
         self.resumed_model = None
+        self.comm = _distributed_comm(opts)  # None unless --distributed
+        self.is_root = self.comm is None or self.comm.is_root
+        if self.comm is not None:  # rank r trains on GPU r % n_gpus (when there are GPUs)
+            from nbcnn.distributed import local_device
+
+            opts["device"] = local_device(opts["device"] or os.environ.get("NBCNN_DEVICE"), self.comm.rank)
+            opts["batch_size"] *= self.comm.size  # the run is defined by its global batch
         self.device = loading.resolve_device(opts["device"])
         if opts["resume"] is not None:
             self.resumed_model = loading.load_model_file(opts["resume"], self.device)
@@ -297,6 +323,9 @@ class Trainer:
                                        "by `nbcnn train` can be resumed")
             self.state = state
         opts = _resolve_options(ctx, opts, self.state)
+        if self.comm is not None and opts["batch_size"] % self.comm.size:
+            raise common.UserError(f"the checkpoint's global batch {opts['batch_size']} does not split over "
+                                   f"{self.comm.size} ranks; resume with a number of ranks that divides it")
         opts["model"] = loading.normalise_zoo_name(opts["model"])
         opts["dataset"] = opts["dataset"].lower()
         if opts["lr"] is None:
@@ -306,6 +335,8 @@ class Trainer:
                 opts[key] = opts[key] or value
         if opts["seed"] is None:
             opts["seed"] = int(np.random.SeedSequence().entropy % (2**31))
+        if self.comm is not None:  # every rank draws the root's seed
+            opts["seed"] = int(self.comm.bcast_json(opts["seed"], what="the seed"))
         if opts["augment"] is not None:
             from nbcnn import augment
 
@@ -321,9 +352,9 @@ class Trainer:
             raise common.UserError(f"cannot create the folder for --out {out}: {exc.strerror or exc}") from None
         if not os.access(folder, os.W_OK):
             raise common.UserError(f"cannot write the model to {folder}: permission denied (pass --out PATH)")
-        self.verbose = not opts["quiet"]
+        self.verbose = not opts["quiet"] and self.is_root
         ck = self.paths["checkpoint"]
-        if ck.exists() and (opts["resume"] is None or Path(opts["resume"]).resolve() != ck.resolve()):
+        if self.is_root and ck.exists() and (opts["resume"] is None or Path(opts["resume"]).resolve() != ck.resolve()):
             common.notice(f"Notice: {ck} (an interrupted run) will be replaced; to continue that run instead: "
                           f"nbcnn train --resume {ck}")
         if self.state is not None:
@@ -391,10 +422,10 @@ class Trainer:
                     x, y = self.x_train, self.y_train
                 val = (self.x_val, self.y_val) if len(self.x_val) else None
                 if epoch < o["epochs"]:
-                    model.fit(x, y, epochs=o["epochs"], batch_size=o["batch_size"], validation_data=val,
-                              shuffle=True, callbacks=[cbk], verbose=0, initial_epoch=epoch,
-                              initial_batch=batch)
-                if stop.requested:
+                    model.fit(x, y, epochs=o["epochs"], batch_size=o["batch_size"] // self.ranks,
+                              validation_data=val, shuffle=True, callbacks=[cbk], verbose=0,
+                              initial_epoch=epoch, initial_batch=batch, distributed=self.comm)
+                if stop.requested or (self.comm is not None and model.stop_training):
                     prog = model.progress
                     if int(prog.get("epoch", 0)) < o["epochs"]:
                         self._checkpoint()
@@ -439,7 +470,10 @@ class Trainer:
         self.say(f"Training {what} on {o['dataset']}{sample}: {len(self.x_train):,} train / "
                  f"{len(self.x_val):,} validation / {len(self.x_test):,} test images")
         lr = f"lr {o['lr']:g}" + (" with cosine decay" if o["schedule"] == "cosine" else "")
-        self.say(f"device {self.device}, {o['optimizer']} {lr}, batch {o['batch_size']}, "
+        batch_desc = (f"batch {o['batch_size']}" if self.comm is None else
+                      f"batch {o['batch_size'] // self.ranks} per rank x {self.ranks} ranks = global batch "
+                      f"{o['batch_size']} (the learning rate is not rescaled for it; set --lr)")
+        self.say(f"device {self.device}, {o['optimizer']} {lr}, {batch_desc}, "
                  f"{o['epochs']} epochs, seed {o['seed']}"
                  + (f", augment {o['augment']} with {o['workers']} workers" if o["augment"] else ""))
         if self.state is not None:
@@ -478,24 +512,33 @@ class Trainer:
         meta.update(extra or {})
         return meta
 
+    @property
+    def ranks(self) -> int:
+        return 1 if self.comm is None else self.comm.size
+
     def _checkpoint(self):
+        if not self.is_root:
+            return
         self.model.save(self.paths["checkpoint"], metadata=self._metadata())
 
     def _stopped(self, epoch, batch, steps):
         ck = self.paths["checkpoint"]
         where = f"epoch {epoch + 1} after batch {batch}/{steps}" if batch else f"the end of epoch {epoch}"
-        common.notice(f"Stopped at {where}. Checkpoint: {ck}")
-        common.notice(f"Resume with: nbcnn train --resume {ck}")
+        if self.is_root:
+            common.notice(f"Stopped at {where}. Checkpoint: {ck}")
+            common.notice(f"Resume with: nbcnn train --resume {ck}")
         raise click.exceptions.Exit(common.EXIT_INTERRUPTED)
 
     def _finish(self, model):
         o = self.opts
         test = None
         if len(self.x_test):
-            ev = model.evaluate(self.x_test, self.y_test, batch_size=256)
+            ev = model.evaluate(self.x_test, self.y_test, batch_size=256, distributed=self.comm)
             test = {"loss": float(ev["loss"]), "accuracy": float(ev.get("accuracy", float("nan"))),
                     "images": int(len(self.x_test))}
         elapsed = self._elapsed()
+        if not self.is_root:  # one set of output files: rank 0's
+            return
         model.save(self.paths["model"], metadata=self._metadata({"test": test}))
         ck = self.paths["checkpoint"]
         if ck.exists() and ck.resolve() != self.paths["model"].resolve():
@@ -515,6 +558,7 @@ class Trainer:
             "optimizer": o["optimizer"], "lr": o["lr"],
             "momentum": o["momentum"] if o["optimizer"] == "sgd" else None,
             "seed": o["seed"], "augment": o["augment"], "parameters": model.count_params(),
+            "ranks": self.ranks, "batch_size_per_rank": o["batch_size"] // self.ranks,
             "train_images": int(len(self.x_train)), "val_images": int(len(self.x_val)),
             "history": self.history, "test": test, "wall_time_s": elapsed,
             "files": {"model": str(self.paths["model"]), "curves_png": str(curves) if curves else None},

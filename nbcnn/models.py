@@ -89,6 +89,7 @@ class Sequential:
         self._no_decay: list = []
         self._first = 0
         self._dropout_rng = np.random.default_rng([self.seed, 1])
+        self._grad_hook = None  # distributed training: bucketed gradient allreduce (nbcnn.distributed)
         for layer in layers or []:
             self.add(layer)
 
@@ -472,6 +473,8 @@ class Sequential:
     def _train_step(self, xb, yb):
         """One optimiser step on a prepared batch; returns (mean loss, number correct or -1)."""
         loss, out = self._forward_backward(xb, yb)
+        if self._grad_hook is not None:  # distributed: wait for the averaged gradients
+            self._grad_hook.finish()
         if self._ranges:
             self.optimizer.step(self._flat, self._gflat, self._ranges, self._no_decay)
         correct = self._correct(out, yb) if self.metrics else -1
@@ -514,6 +517,8 @@ class Sequential:
                     layer.activation = "softmax"
             else:
                 g = layer.backward(g)
+            if self._grad_hook is not None:  # distributed: reduce the buckets this layer completes
+                self._grad_hook.layer_done(i)
         return loss, out
 
     def _correct(self, out, yb) -> int:
@@ -537,7 +542,7 @@ class Sequential:
 
     def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, callbacks=None, verbose: int = 1,
-            initial_epoch: int = 0, initial_batch: int = 0) -> History:
+            initial_epoch: int = 0, initial_batch: int = 0, distributed=None) -> History:
         """Train for ``epochs`` epochs; returns a :class:`History`.
 
         ``x`` is an array (with labels ``y``), or a re-iterable object yielding ``(xb, yb)``
@@ -545,6 +550,8 @@ class Sequential:
         ``verbose``: 0 silent, 1 a progress bar on a terminal plus a line per epoch, 2 a line per
         epoch. ``initial_epoch``/``initial_batch`` resume a run (see ``model.progress``); an epoch
         cut short by ``model.stop_training`` does not call ``on_epoch_end``.
+        ``distributed``: an :func:`nbcnn.distributed.init` communicator (or an mpi4py one) for
+        data-parallel training: ``batch_size`` is per rank, callbacks and output run on rank 0.
         """
         self._require_compiled("fit")
         if int(epochs) != epochs or epochs < 0:
@@ -585,9 +592,24 @@ class Sequential:
             validation_data = (xv, yv)
         self.build()
         self.optimizer.setup(self._flat.size, self.dtype, self.xp)
+        dist = None
+        if distributed is not None:  # data parallel: shard the global batches, rank 0 does the I/O
+            from . import distributed as dist_mod
+
+            dist = dist_mod.attach(self, distributed, batch_size, epochs,
+                                   x.shape[0] if _is_array(x) else steps)
+            if isinstance(source, BatchIterator):
+                source = BatchIterator(x, y, batch_size=batch_size * dist.comm.size, shuffle=shuffle,
+                                       seed=[self.seed, 2])
+            source = dist.shard(source)
+            steps = len(source)
+            if not dist.is_root:
+                callbacks, verbose = [], 0
 
         history = History()
         cbl = cb.CallbackList([history, *(callbacks or [])], model=self)
+        if dist is not None:
+            dist.guard(cbl)  # an exception in a callback aborts the job instead of stranding the others
         self.history = history
         self.stop_training = False
         show_bar = verbose == 1 and is_tty(__import__("sys").stderr)
@@ -604,7 +626,7 @@ class Sequential:
             if resume is not None and epoch == initial_epoch:
                 loss_sum = float(resume.get("loss_sum", 0.0))
                 correct, seen = int(resume.get("correct", 0)), int(resume.get("seen", 0))
-            if isinstance(source, BatchIterator):
+            if isinstance(source, BatchIterator) or dist is not None:
                 it = source.epoch(epoch, start=start_b)
             else:
                 it = iter(source)
@@ -615,12 +637,19 @@ class Sequential:
             completed = True
             with self.device.activate():
                 for xb, yb in it:
-                    if not isinstance(source, BatchIterator):
+                    if not isinstance(source, BatchIterator) and (dist is None or dist.sharded.local):
                         xb = self._check_x(xb, "fit (batch)")
                         yb = self._check_y(yb, xb.shape[0], "fit (batch)")
                     cbl.on_batch_begin(b, {"batch": b, "size": int(xb.shape[0])})
                     nb = int(xb.shape[0])
-                    loss, corr = self._train_step(self._to_batch(xb), self._to_labels(yb))
+                    if dist is None:
+                        loss, corr = self._train_step(self._to_batch(xb), self._to_labels(yb))
+                    else:
+                        try:
+                            loss, corr, nb = dist.step(self, xb, yb)  # global loss, correct, size
+                        except BaseException as exc:
+                            dist.fail(exc)
+                            raise
                     loss_sum += loss * nb
                     seen += nb
                     correct += max(corr, 0)
@@ -632,6 +661,8 @@ class Sequential:
                                      "seen": seen}
                     cbl.on_batch_end(b - 1, logs)
                     bar.update(b, items=nb, **{k: v for k, v in logs.items() if k in ("loss", "accuracy")})
+                    if dist is not None:
+                        self.stop_training = dist.agree_stop(self.stop_training)
                     if self.stop_training:
                         completed = steps is not None and b >= steps
                         break
@@ -643,8 +674,11 @@ class Sequential:
             logs = {"loss": loss_sum / max(seen, 1)}
             if self.metrics:
                 logs["accuracy"] = correct / max(seen, 1)
+            if dist is not None:
+                dist.average_state()
             if validation_data is not None:
-                v = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
+                v = (self.evaluate if dist is None else dist.evaluate)(*validation_data,
+                                                                        batch_size=max(batch_size, 256))
                 logs["val_loss"] = v["loss"]
                 if "accuracy" in v:
                     logs["val_accuracy"] = v["accuracy"]
@@ -657,16 +691,25 @@ class Sequential:
                 parts = [f"Epoch {epoch + 1}/{epochs}", format_time(logs["time"]), f"{ips:,.0f} img/s"]
                 parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in ("lr", "time", "train_time")]
                 print(" - ".join(parts), flush=True)
+            if dist is not None:
+                self.stop_training = dist.agree_stop(self.stop_training)
             if self.stop_training:
                 break
         cbl.on_train_end({})
         return history
 
-    def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0) -> dict:
-        """``{"loss": ..., "accuracy": ...}`` over the whole data set (inference mode)."""
+    def evaluate(self, x, y, batch_size: int = 256, verbose: int = 0, distributed=None) -> dict:
+        """``{"loss": ..., "accuracy": ...}`` over the whole data set (inference mode).
+
+        ``distributed``: a communicator; each rank evaluates its slice and the results are reduced."""
         self._require_compiled("evaluate")
         x = self._check_x(x, "evaluate")
         y = self._check_y(y, x.shape[0], "evaluate")
+        if distributed is not None:
+            from . import distributed as dist_mod
+
+            self.build()
+            return dist_mod.FitSession(dist_mod.init(distributed), self, None).evaluate(x, y, batch_size)
         if int(batch_size) != batch_size or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.build()
