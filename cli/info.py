@@ -145,6 +145,17 @@ def _kernel_cache_dir() -> str:
     return f"__pycache__ beside the kernel sources ({Path(nbcnn.kernels.__file__).parent})"
 
 
+def _mpi() -> str:
+    """The MPI library behind ``--distributed`` (mpi4py's), without initialising MPI."""
+    try:
+        from nbcnn.distributed import mpi_available
+
+        ok, what = mpi_available()
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__}: {exc})"
+    return what if ok else f"not available ({what}; pip install 'nbcnn[mpi]')"
+
+
 def collect() -> dict:
     """Everything ``nbcnn info`` shows, as a dict (also for ``--json``)."""
     import numba
@@ -178,6 +189,7 @@ def collect() -> dict:
         "data_dir": _data_dir(),
         "datasets": _data_sets(),
         "kernel_cache_dir": _kernel_cache_dir(),
+        "mpi": _mpi(),
     }
 
 
@@ -217,6 +229,7 @@ def info(as_json):
         ("data dir", facts["data_dir"]),
         *[(f"  {name}", where) for name, where in facts["datasets"].items()],
         ("kernel cache", facts["kernel_cache_dir"]),
+        ("MPI", facts["mpi"]),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -19,7 +19,7 @@ The design, and why:
   Ctrl-C or early stop ends every rank at the same step.
 * **No hangs.** A blocking MPI call on a dead peer waits forever, so every collective here
   runs under a watchdog thread: a peer on this host whose process is gone, or a collective
-  that takes longer than ``timeout`` seconds (``$NBCNN_MPI_TIMEOUT``, default 60), prints what
+  that takes longer than ``timeout`` seconds (``$NBCNN_MPI_TIMEOUT``, default 30), prints what
   happened and calls ``Abort`` on ``COMM_WORLD``. An exception on one rank during ``fit``
   does the same (the others could never finish their collective). A killed rank ends the job
   through the launcher (``mpiexec`` tears down the rest). The start of ``fit`` compares a hash
@@ -46,7 +46,7 @@ __all__ = ["Communicator", "DistributedError", "init", "allreduce_mean", "allred
            "mpi_available", "mpi_library", "shard_bounds", "local_device", "GradientReducer",
            "ShardedBatches"]
 
-DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_TIMEOUT_S = 30.0
 BUCKET_BYTES = 1 << 20     # ~1 MiB buckets: a few per LeNet/ResNet-20, large enough for bandwidth
 _WATCH_S = 0.25            # how often the watchdog looks at the peers during a collective
 
