@@ -113,6 +113,8 @@ class Communicator:
         self.timeout = float(timeout)
         self.sync_batchnorm = bool(sync_batchnorm)
         self._busy: tuple | None = None  # (what, since) while inside a collective
+        # time spent waiting for the gradient allreduce after backward, and steps (benchmarks)
+        self.stats = {"allreduce_wait_s": 0.0, "steps": 0}
         self._lock = threading.Lock()
         self._watchdog = None
         me = json.dumps([socket.gethostname(), os.getpid()]).encode()
@@ -428,7 +430,10 @@ class GradientReducer:
             self._next += 1
         t0 = time.perf_counter()
         self.backend.wait(self._pending)
-        self.reduce_s += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.reduce_s += dt
+        self.comm.stats["allreduce_wait_s"] += dt
+        self.comm.stats["steps"] += 1
         self._pending = []
 
     def empty_step(self):
