@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 import nbcnn
-from conftest import mpirun
+from _mpirun import mpirun
 
 NB = [sys.executable, "-m", "nbcnn.cli.main", "train"]
 OPTS = ["--train-size", "600", "--test-size", "200", "--val-split", "0.2", "--epochs", "2", "--seed", "5",
