@@ -1,4 +1,5 @@
-"""Layers: Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout and activations.
+"""Layers: Conv2D, pooling (windowed and global), BatchNormalization, LocalResponseNormalization,
+Flatten, Dense, Dropout and activations.
 
 Layout NCHW. Shapes given to and reported by layers are per sample
 (``input_shape=(1, 28, 28)``); ``output_shape`` is Keras-style with ``None``
@@ -33,11 +34,12 @@ import numpy as np
 from . import initializers, ops
 from .device import is_gpu_array
 from .kernels.cpu import activations as _ak
-from .kernels.geometry import as_pair, as_stride, resolve_padding
+from .kernels.geometry import as_pair, as_stride, check_pool_padding, pool_output_size, resolve_padding
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dense", "Dropout", "Activation",
     "ReLU", "Tanh", "Sigmoid", "Softmax", "get", "deserialize", "ACTIVATIONS",
+    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "LocalResponseNormalization",
 ]
 
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
@@ -417,7 +419,7 @@ class Conv2D(Layer):
 
 class _Pool2D(Layer):
     def __init__(self, size=2, stride=None, padding=0, name=None, input_shape=None, pool_size=None,
-                 strides=None, trainable=True):
+                 strides=None, trainable=True, ceil_mode=False):
         super().__init__(name=name, trainable=trainable, input_shape=input_shape)
         self.size = as_pair(size if pool_size is None else pool_size, "size")
         if min(self.size) <= 0:
@@ -425,10 +427,10 @@ class _Pool2D(Layer):
         st = stride if strides is None else strides
         self.strides = as_stride(self.size if st is None else st)
         ph, pw = as_pair(padding, "padding")
-        if ph < 0 or pw < 0 or ph > self.size[0] // 2 or pw > self.size[1] // 2:
-            raise ValueError(f"pooling padding must be between 0 and size // 2, got {padding!r}")
+        check_pool_padding(self.size, (ph, pw))
         self.padding = (ph, pw)
         self.pads = (ph, ph, pw, pw)
+        self.ceil_mode = bool(ceil_mode)
         self._ctx: dict = {}
 
     def _shapes(self, input_shape):
@@ -437,14 +439,15 @@ class _Pool2D(Layer):
                              f"got shape {input_shape}")
         C, H, W = input_shape
         (kh, kw), (sh, sw), (ph, pw) = self.size, self.strides, self.padding
-        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        Ho = pool_output_size(H, kh, ph, sh, self.ceil_mode)
+        Wo = pool_output_size(W, kw, pw, sw, self.ceil_mode)
         if Ho <= 0 or Wo <= 0:
             raise ValueError(f"{type(self).__name__} {self.name!r}: window {kh}x{kw} does not fit input {input_shape}")
         return (C, Ho, Wo), []
 
     def get_config(self):
         return {**super().get_config(), "size": list(self.size), "stride": list(self.strides),
-                "padding": list(self.padding)}
+                "padding": list(self.padding), "ceil_mode": self.ceil_mode}
 
 
 class MaxPool2D(_Pool2D):
@@ -454,39 +457,248 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x, training=False):
         self._ensure_built(x)
-        y = ops.max_pool2d(x, self.size, self.strides, self.padding, ctx=self._ctx if training else None)
+        y = ops.max_pool2d(x, self.size, self.strides, self.padding, ceil_mode=self.ceil_mode,
+                           ctx=self._ctx if training else None)
         self._cache = x if training else None
         return y
 
     def backward(self, gy):
         if self._cache is None:
             raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
-        gx = ops.max_pool2d_backward(gy, self._cache, self.size, self.strides, self.padding, ctx=self._ctx)
+        gx = ops.max_pool2d_backward(gy, self._cache, self.size, self.strides, self.padding,
+                                     ceil_mode=self.ceil_mode, ctx=self._ctx)
         self._cache = None
         return gx
 
 
 class AvgPool2D(_Pool2D):
-    """Average pooling (padded zeros count in the divisor)."""
+    """Average pooling; ``count_include_pad`` (default True): padded zeros count in the divisor."""
 
     base_name = "avg_pool2d"
 
+    def __init__(self, size=2, stride=None, padding=0, name=None, input_shape=None, pool_size=None,
+                 strides=None, trainable=True, ceil_mode=False, count_include_pad=True):
+        super().__init__(size, stride, padding, name=name, input_shape=input_shape, pool_size=pool_size,
+                         strides=strides, trainable=trainable, ceil_mode=ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
     def forward(self, x, training=False):
         self._ensure_built(x)
-        y = ops.avg_pool2d(x, self.size, self.strides, self.padding)
+        y = ops.avg_pool2d(x, self.size, self.strides, self.padding, ceil_mode=self.ceil_mode,
+                           count_include_pad=self.count_include_pad)
         self._cache = x if training else None
         return y
 
     def backward(self, gy):
         if self._cache is None:
             raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
-        gx = ops.avg_pool2d_backward(gy, self._cache, self.size, self.strides, self.padding)
+        gx = ops.avg_pool2d_backward(gy, self._cache, self.size, self.strides, self.padding,
+                                     ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad)
         self._cache = None
         return gx
+
+    def get_config(self):
+        return {**super().get_config(), "count_include_pad": self.count_include_pad}
+
+
+class _GlobalPool2D(Layer):
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects per-sample input (C, H, W), "
+                             f"got shape {input_shape}")
+        return (input_shape[0],), []
+
+
+class GlobalAveragePooling2D(_GlobalPool2D):
+    """Mean over H and W: ``(N, C, H, W) -> (N, C)`` (flattens; no Flatten needed before Dense)."""
+
+    base_name = "global_average_pooling2d"
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = x if training else None
+        return ops.global_avg_pool2d(x)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        x, self._cache = self._cache, None
+        return ops.global_avg_pool2d_backward(gy, x)
+
+
+class GlobalMaxPooling2D(_GlobalPool2D):
+    """Max over H and W: ``(N, C, H, W) -> (N, C)``."""
+
+    base_name = "global_max_pooling2d"
+
+    def __init__(self, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self._ctx: dict = {}
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = x if training else None
+        return ops.global_max_pool2d(x, ctx=self._ctx if training else None)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        x, self._cache = self._cache, None
+        return ops.global_max_pool2d_backward(gy, x, ctx=self._ctx)
 
 
 MaxPooling2D = MaxPool2D
 AveragePooling2D = AvgPool2D
+GlobalAvgPool2D = GlobalAveragePooling2D
+GlobalMaxPool2D = GlobalMaxPooling2D
+
+
+# ----------------------------------------------------------------------------------------------
+# normalisation
+# ----------------------------------------------------------------------------------------------
+
+class BatchNormalization(Layer):
+    """Batch normalisation over the channel axis (axis 1: ``(N, C, H, W)`` or ``(N, C)``), Keras conventions.
+
+    ``momentum`` is the weight of the *old* value: ``moving = momentum * moving + (1 - momentum) * batch``
+    (PyTorch's ``momentum`` is ``1 -`` this). The moving variance takes the unbiased batch variance.
+    Weights: gamma (``scale``), beta (``center``) - trainable; moving_mean, moving_variance -
+    non-trainable state, counted in ``count_params()``, saved and loaded with the model.
+
+    Batch statistics are used only when ``training and self.trainable``: a frozen layer
+    (``trainable = False``) normalises with its moving statistics in ``fit`` too and leaves them
+    alone (Keras >= 2.1.3), so fine-tuning with frozen batch norm behaves; its backward is the
+    inference-mode one.
+    """
+
+    state_names = ("moving_mean", "moving_variance")
+    base_name = "batch_normalization"
+
+    def __init__(self, axis=1, momentum=0.99, epsilon=1e-3, center=True, scale=True, name=None,
+                 trainable=True, input_shape=None):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or int(axis) not in (1, -1):
+            raise ValueError(f"BatchNormalization supports the channel axis only (axis=1, or -1 for "
+                             f"(N, features) input), got axis={axis!r}")
+        momentum, epsilon = float(momentum), float(epsilon)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+        self.axis = int(axis)
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.param_names = (("gamma",) if self.scale else ()) + (("beta",) if self.center else ())
+        self._ctx: dict = {}
+        self._batch_stats = False
+
+    def _shapes(self, input_shape):
+        if self.axis == -1 and len(input_shape) != 1:
+            raise ValueError(f"BatchNormalization {self.name!r}: axis=-1 is the channel axis only for "
+                             f"(N, features) input; use axis=1 for (C, H, W) input {input_shape}")
+        if len(input_shape) not in (1, 3):
+            raise ValueError(f"BatchNormalization {self.name!r} expects per-sample input (C, H, W) or "
+                             f"(features,), got shape {input_shape}")
+        C = input_shape[0]
+        return input_shape, [(C,)] * len(self.param_names), [(C,), (C,)]
+
+    def _init_params(self, dtype, rng, outs=None):
+        outs = outs or [None] * len(self.param_names)
+        arrays = []
+        for name, out in zip(self.param_names, outs):
+            a = out if out is not None else np.empty(self._param_shapes[0], dtype)
+            a[...] = 1.0 if name == "gamma" else 0.0
+            arrays.append(a)
+        return arrays
+
+    def _init_state(self, dtype):
+        C = self._state_shapes[0]
+        return [np.zeros(C, dtype), np.ones(C, dtype)]
+
+    def _gamma_beta(self):
+        g = self.params[0] if self.scale else None
+        b = self.params[-1] if self.center else None
+        return g, b
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        g, b = self._gamma_beta()
+        mean, var = self.state
+        if mean.dtype != x.dtype:
+            raise TypeError(f"layer {self.name!r}: input dtype {x.dtype} differs from its moving statistics' "
+                            f"{mean.dtype}")
+        self._batch_stats = bool(training and self.trainable)
+        y = ops.batch_norm(x, g, b, mean, var, training=self._batch_stats, momentum=1.0 - self.momentum,
+                           eps=self.epsilon, ctx=self._ctx if training else None)
+        self._cache = x if training else None
+        return y
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        x, self._cache = self._cache, None
+        g, _ = self._gamma_beta()
+        gx, gg, gb = ops.batch_norm_backward(gy, x, g, eps=self.epsilon, training=self._batch_stats,
+                                             running_mean=self.state[0], running_var=self.state[1],
+                                             ctx=self._ctx)
+        if self.trainable:
+            i = 0
+            if self.scale:
+                self.grads[0][...] = gg
+                i = 1
+            if self.center:
+                self.grads[i][...] = gb
+        return gx
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale}
+
+
+class LocalResponseNormalization(Layer):
+    """Local response normalisation across channels (AlexNet):
+    ``y = x / (k + alpha / size * sum of x^2 over `size` neighbouring channels) ** beta``
+    (ONNX's window: ``(size - 1) // 2`` channels before, the rest after)."""
+
+    base_name = "local_response_normalization"
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, name=None, trainable=True, input_shape=None):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        if self.k <= 0 or self.alpha < 0:
+            raise ValueError(f"LocalResponseNormalization needs k > 0 and alpha >= 0, got k={k!r}, alpha={alpha!r}")
+        self._ctx: dict = {}
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"LocalResponseNormalization {self.name!r} expects per-sample input (C, H, W), "
+                             f"got shape {input_shape}")
+        return input_shape, []
+
+    def _kw(self):
+        return {"alpha": self.alpha, "beta": self.beta, "k": self.k}
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = x if training else None
+        return ops.lrn(x, self.size, **self._kw(), ctx=self._ctx if training else None)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        x, self._cache = self._cache, None
+        return ops.lrn_backward(gy, x, self.size, **self._kw(), ctx=self._ctx)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, **self._kw()}
+
+
+BatchNorm2D = BatchNormalization
+LRN = LocalResponseNormalization
 
 
 # ----------------------------------------------------------------------------------------------
@@ -715,6 +927,8 @@ class Softmax(_NamedActivation):
 
 _REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
                                      ReLU, Tanh, Sigmoid, Softmax)}
+_REGISTRY.update({c.__name__: c for c in (GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization,
+                                          LocalResponseNormalization)})
 
 
 def deserialize(cfg: dict) -> Layer:

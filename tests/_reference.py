@@ -108,3 +108,82 @@ def avg_pool2d_backward(gy, x_shape, size, stride, pad):
             gx[:, :, h, v] += gy[:, :, oh, ow] / (size[0] * size[1])
     return gx
 
+
+
+# -- pooling with ceil_mode / count_include_pad (PyTorch's rules, stated window by window) ---------
+
+def _axis_windows(n, k, s, p, ceil_mode):
+    """Window starts (real coordinates) along one axis: the floor windows, plus in ceil mode one
+    more covering the leftover cells unless it would start in the right padding."""
+    starts = [o * s - p for o in range((n + 2 * p - k) // s + 1)]
+    covered = starts[-1] + k            # real coordinate one past the last floor window
+    if ceil_mode and covered < n + p and starts[-1] + s < n:
+        starts.append(starts[-1] + s)
+    return starts
+
+
+def pool2d_modes(x, size, stride, pad, kind, ceil_mode=False, count_include_pad=True):
+    """max / avg pooling with PyTorch's ceil-mode drop rule and both divisor rules (float64)."""
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = size, stride, pad
+    hs, ws = _axis_windows(H, kh, sh, ph, ceil_mode), _axis_windows(W, kw, sw, pw, ceil_mode)
+    y = np.zeros((N, C, len(hs), len(ws)))
+    for i, h0 in enumerate(hs):
+        for j, w0 in enumerate(ws):
+            rows = [h for h in range(h0, h0 + kh) if 0 <= h < H]
+            cols = [v for v in range(w0, w0 + kw) if 0 <= v < W]
+            win = x[:, :, rows][:, :, :, cols]
+            if kind == "max":
+                y[:, :, i, j] = win.max(axis=(2, 3))
+            else:
+                if count_include_pad:   # cells inside the padded input, none of the overhang beyond it
+                    cnt = (sum(1 for h in range(h0, h0 + kh) if -ph <= h < H + ph)
+                           * sum(1 for v in range(w0, w0 + kw) if -pw <= v < W + pw))
+                else:
+                    cnt = len(rows) * len(cols)
+                y[:, :, i, j] = win.sum(axis=(2, 3)) / cnt
+    return y
+
+
+# -- normalisation --------------------------------------------------------------------------------
+
+def batch_norm_train(x, gamma, beta, eps):
+    """(y, batch mean, biased var, unbiased var) normalising over all axes but 1."""
+    x = np.asarray(x, np.float64)
+    ax = (0,) + tuple(range(2, x.ndim))
+    shp = (1, -1) + (1,) * (x.ndim - 2)
+    m = x.mean(axis=ax)
+    v = x.var(axis=ax)
+    cnt = x.size // x.shape[1]
+    y = (x - m.reshape(shp)) / np.sqrt(v.reshape(shp) + eps) * np.asarray(gamma, np.float64).reshape(shp) \
+        + np.asarray(beta, np.float64).reshape(shp)
+    return y, m, v, v * cnt / (cnt - 1)
+
+
+def batch_norm_train_backward(gy, x, gamma, eps):
+    """The textbook gradient of the training-mode batch norm (float64)."""
+    x = np.asarray(x, np.float64)
+    gy = np.asarray(gy, np.float64)
+    ax = (0,) + tuple(range(2, x.ndim))
+    shp = (1, -1) + (1,) * (x.ndim - 2)
+    cnt = x.size // x.shape[1]
+    m = x.mean(axis=ax).reshape(shp)
+    inv = 1 / np.sqrt(x.var(axis=ax).reshape(shp) + eps)
+    xhat = (x - m) * inv
+    g = np.asarray(gamma, np.float64).reshape(shp)
+    gx = g * inv / cnt * (cnt * gy - gy.sum(axis=ax).reshape(shp) - xhat * (gy * xhat).sum(axis=ax).reshape(shp))
+    return gx, (gy * xhat).sum(axis=ax), gy.sum(axis=ax)
+
+
+def lrn(x, size, alpha, beta, k):
+    """ONNX LocalResponseNormalization: window (size-1)//2 channels before, the rest after."""
+    x = np.asarray(x, np.float64)
+    C = x.shape[1]
+    lo = (size - 1) // 2
+    y = np.empty_like(x)
+    for c in range(C):
+        win = range(max(0, c - lo), min(C - 1, c + size - 1 - lo) + 1)
+        s = sum(x[:, i] ** 2 for i in win)
+        y[:, c] = x[:, c] / (k + alpha / size * s) ** beta
+    return y

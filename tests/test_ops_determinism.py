@@ -34,7 +34,22 @@ def _run_all(case, dtype):
     gm = ops.max_pool2d_backward(np.ones_like(m), x, 2, ctx=pctx)
     a = ops.avg_pool2d(x, 3, 2, 1)
     ga = ops.avg_pool2d_backward(np.ones_like(a), x, 3, 2, 1)
-    return [y, gx, gw, gb, m, gm, a, ga]
+    out = [y, gx, gw, gb, m, gm, a, ga]
+    # ceil-mode / count_include_pad=False pooling, global pooling, batch norm (train and frozen), LRN
+    a2 = ops.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
+    out += [a2, ops.avg_pool2d_backward(np.ones_like(a2), x, 3, 2, 1, ceil_mode=True, count_include_pad=False)]
+    g2 = rng.standard_normal((N, C)).astype(dtype)
+    out += [ops.global_avg_pool2d(x), ops.global_avg_pool2d_backward(g2, x), ops.global_max_pool2d(x),
+            ops.global_max_pool2d_backward(g2, x)]
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+    bctx = {}
+    out += [ops.batch_norm(x, gamma, beta, rm, rv, training=True, ctx=bctx), rm, rv,
+            *ops.batch_norm_backward(gy if gy.shape == x.shape else x, x, gamma, ctx=bctx),
+            *ops.batch_norm_backward(x, x, gamma, training=False, running_mean=rm, running_var=rv)]
+    lctx = {}
+    out += [ops.lrn(x, 5, alpha=0.1, ctx=lctx), ops.lrn_backward(x, x, 5, alpha=0.1, ctx=lctx)]
+    return out
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

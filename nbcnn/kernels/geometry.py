@@ -115,3 +115,36 @@ def conv_output_size(n: int, f: int, padding=0, stride: int = 1) -> int:
     if out <= 0:
         raise ValueError(f"kernel size {f} is larger than the padded input size {n + before + after}")
     return out
+
+
+def check_pool_padding(size: tuple[int, int], padding: tuple[int, int]) -> None:
+    """Pooling padding must lie in ``[0, size // 2]`` per axis (PyTorch's rule; more would make
+    windows of padding only)."""
+    (kh, kw), (ph, pw) = size, padding
+    if ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"pooling padding must be between 0 and size // 2 = ({kh // 2}, {kw // 2}), "
+                         f"got {tuple(padding)!r}")
+
+
+def pool_output_size(n: int, k: int, p: int, s: int, ceil_mode: bool = False) -> int:
+    """Pooling output length over ``n`` cells padded by ``p`` on both sides (PyTorch's rule).
+
+    Floor mode: ``(n + 2p - k) // s + 1``. ``ceil_mode`` rounds up instead, but drops a
+    last window that would start in the right/bottom padding (``(out - 1) * s >= n + p``).
+    """
+    if ceil_mode:
+        out = (n + 2 * p - k + s - 1) // s + 1
+        if (out - 1) * s >= n + p:
+            out -= 1
+        return out
+    return (n + 2 * p - k) // s + 1
+
+
+def pool_window_divisor(start: int, k: int, n: int, p: int, count_include_pad: bool) -> int:
+    """Cells an average-pooling window starting at ``start`` (padded coordinates minus ``p``)
+    divides by along one axis: the window clipped to the padded input (``[-p, n + p)``) when the
+    padding counts, else clipped to the real input ``[0, n)``. Overhang past the padding never counts.
+    (Pure-Python statement of the rule; the kernels inline the same arithmetic.)"""
+    if count_include_pad:
+        return min(start + k, n + p) - start
+    return min(start + k, n) - max(start, 0)

@@ -1,4 +1,4 @@
-"""The ops API: convolution, padding and pooling with their backward passes.
+"""The ops API: convolution, padding, pooling, normalisation and activations with their backward passes.
 
 Layout NCHW; convolution is cross-correlation. Output dtype = dtype of ``x``
 (float32 or float64); weights and bias of another float dtype are cast to it.
@@ -15,11 +15,17 @@ from __future__ import annotations
 
 from ..kernels.geometry import as_pair, as_stride, conv_output_size, resolve_padding
 from ._dispatch import array_module, backend_for, check_float, check_ndim, contiguous
+from .norm import batch_norm, batch_norm_backward, lrn, lrn_backward
+from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
+                   global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward,
+                   pool2d_output_shape)
 
 __all__ = [
     "conv_output_size", "conv2d", "conv2d_backward", "pad2d", "pad2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "conv2d_output_shape", "pool2d_output_shape",
+    "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d", "global_max_pool2d_backward",
+    "batch_norm", "batch_norm_backward", "lrn", "lrn_backward",
 ]
 
 
@@ -125,84 +131,3 @@ def pad2d_backward(gy, padding, kernel_size=None, stride=1, input_shape=None):
     if gy.shape[2] <= pt + pb or gy.shape[3] <= pl + pr:
         raise ValueError(f"gy of shape {tuple(gy.shape)} is not larger than the padding {pads}")
     return backend_for(gy).pad2d_backward(contiguous(gy), pads)
-
-
-def _pool_setup(x, size, stride, padding, name="x"):
-    x = check_ndim(check_float(x, name), 4, name, "(N, C, H, W)")
-    kh, kw = as_pair(size, "size")
-    if kh <= 0 or kw <= 0:
-        raise ValueError(f"pool size must be positive, got {size!r}")
-    sh, sw = as_stride((kh, kw) if stride is None else stride)
-    ph, pw = _pool_padding(padding)
-    if ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
-        raise ValueError(f"pooling padding must be between 0 and size // 2 = ({kh // 2}, {kw // 2}), got {padding!r}")
-    N, C, H, W = x.shape
-    if kh > H + 2 * ph or kw > W + 2 * pw:
-        raise ValueError(f"pool window {kh}x{kw} is larger than the padded input {H + 2 * ph}x{W + 2 * pw} "
-                         f"(x shape {tuple(x.shape)})")
-    pads = (ph, ph, pw, pw)
-    oshape = (N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
-    return x, (kh, kw), (sh, sw), pads, oshape
-
-
-def _pool_padding(padding) -> tuple[int, int]:
-    if isinstance(padding, str):
-        if padding.lower() == "valid":
-            return 0, 0
-        raise ValueError(f"pooling padding must be between 0 and size // 2 (an int, a pair or 'valid'), "
-                         f"got {padding!r}")
-    return as_pair(padding, "padding")
-
-
-def pool2d_output_shape(x_shape, size=2, stride=None, padding=0) -> tuple:
-    """Output shape of the pooling ops (floor mode)."""
-    N, C, H, W = x_shape
-    kh, kw = as_pair(size, "size")
-    sh, sw = as_stride((kh, kw) if stride is None else stride)
-    ph, pw = _pool_padding(padding)
-    return (N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
-
-
-def _pool_grad_check(gy, oshape, x):
-    gy = check_ndim(check_float(gy, "gy"), 4, "gy", "(N, C, Ho, Wo)")
-    if tuple(gy.shape) != oshape:
-        raise ValueError(f"gy has shape {tuple(gy.shape)} but the pooling output has shape {oshape}")
-    return gy.astype(x.dtype) if gy.dtype != x.dtype else gy
-
-
-def max_pool2d(x, size=2, stride=None, padding=0, *, ctx=None):
-    """Max pooling; stride defaults to size; padded cells never win."""
-    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
-    be = backend_for(x)
-    if x.size == 0:
-        return array_module(x).zeros(oshape, dtype=x.dtype)
-    return be.max_pool2d_forward(contiguous(x), size, stride, pads, ctx)
-
-
-def max_pool2d_backward(gy, x, size=2, stride=None, padding=0, *, ctx=None):
-    """Gradient of :func:`max_pool2d`: each window's gradient goes to its (first) maximum."""
-    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
-    gy = _pool_grad_check(gy, oshape, x)
-    be = backend_for(gy, x)
-    if x.size == 0:
-        return array_module(x).zeros(x.shape, dtype=x.dtype)
-    return be.max_pool2d_backward(contiguous(gy), contiguous(x), size, stride, pads, ctx)
-
-
-def avg_pool2d(x, size=2, stride=None, padding=0):
-    """Average pooling; padded zeros count in the divisor (PyTorch's default)."""
-    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
-    be = backend_for(x)
-    if x.size == 0:
-        return array_module(x).zeros(oshape, dtype=x.dtype)
-    return be.avg_pool2d_forward(contiguous(x), size, stride, pads)
-
-
-def avg_pool2d_backward(gy, x, size=2, stride=None, padding=0):
-    """Gradient of :func:`avg_pool2d` (``x`` is used for its shape only)."""
-    x, size, stride, pads, oshape = _pool_setup(x, size, stride, padding)
-    gy = _pool_grad_check(gy, oshape, x)
-    be = backend_for(gy, x)
-    if x.size == 0:
-        return array_module(x).zeros(x.shape, dtype=x.dtype)
-    return be.avg_pool2d_backward(contiguous(gy), tuple(x.shape), size, stride, pads)

@@ -19,6 +19,8 @@ _WHERE = {
     "pad2d": "pad", "pad2d_backward": "pad",
     "max_pool2d_forward": "pool", "max_pool2d_backward": "pool",
     "avg_pool2d_forward": "pool", "avg_pool2d_backward": "pool",
+    "global_avg_pool2d_forward": "pool", "global_avg_pool2d_backward": "pool",
+    "global_max_pool2d_forward": "pool", "global_max_pool2d_backward": "pool",
 }
 __all__ = list(_WHERE)
 
