@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from . import _threads
 from ._atomic import write_text
 
 __all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
@@ -67,6 +68,19 @@ class CallbackList(Callback):
     def on_epoch_end(self, epoch, logs=None): self._call("on_epoch_end", epoch, logs)
     def on_batch_begin(self, batch, logs=None): self._call("on_batch_begin", batch, logs)
     def on_batch_end(self, batch, logs=None): self._call("on_batch_end", batch, logs)
+
+
+class _ThreadShare(Callback):
+    """Added by ``fit``: shares the CPUs with other nbcnn processes that train at the same time."""
+
+    def on_train_begin(self, logs=None):
+        _threads.training_begin()
+
+    def on_batch_end(self, batch, logs=None):
+        _threads.rebalance()
+
+    def on_train_end(self, logs=None):
+        _threads.training_end()
 
 
 class History(Callback):

@@ -607,7 +607,7 @@ class Sequential:
                 callbacks, verbose = [], 0
 
         history = History()
-        cbl = cb.CallbackList([history, *(callbacks or [])], model=self)
+        cbl = cb.CallbackList([history, cb._ThreadShare(), *(callbacks or [])], model=self)
         if dist is not None:
             dist.guard(cbl)  # an exception in a callback aborts the job instead of stranding the others
         self.history = history
