@@ -14,6 +14,8 @@ Sections (each guarded: a failure is reported, the rest still runs):
      importable (TF32 off: fp32 vs fp32).                           nbcnn.bench.run_ops(device="cuda")
   4. LeNet-5 training and predict images/s, vs the same net in PyTorch; losses of --steps
      training steps must stay finite.                             nbcnn.bench.run_train(device="cuda")
+  4b. data-parallel training's NCCL path on a one-rank communicator: allReduce on device
+     buffers, fit(distributed=) equal to a plain fit.                                 gpucheck/nccl.py
   5. with --pytest: tests/cuda on the GPU (CuPy arrays, NUMBA_ENABLE_CUDASIM=0), in a subprocess.
   6. one short table (Markdown).                                                     gpucheck/summary.py
 
@@ -57,7 +59,7 @@ import nbcnn  # noqa: E402  (first: it sets the BLAS thread policy before numpy 
 import numpy as np  # noqa: E402
 from nbcnn import bench  # noqa: E402
 
-from gpucheck import correctness, kernels, summary  # noqa: E402
+from gpucheck import correctness, kernels, nccl, summary  # noqa: E402
 from gpucheck.context import Check, StopCheck  # noqa: E402
 
 
@@ -135,6 +137,8 @@ def main() -> None:
             ck.section("3 speed", speed)
         if not ck.over_budget(0.85):
             ck.section("4 LeNet-5 training", train_lenet)
+        if not ck.over_budget(0.9):
+            ck.section("4b data-parallel NCCL path (K = 1)", nccl.nccl_check)
         if ARGS.pytest and not ck.sim:
             ck.section("5 pytest tests/cuda on the GPU", pytest_on_gpu)
     except StopCheck as exc:

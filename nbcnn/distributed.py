@@ -44,7 +44,7 @@ import numpy as np
 
 __all__ = ["Communicator", "DistributedError", "init", "allreduce_mean", "allreduce_moments",
            "mpi_available", "mpi_library", "shard_bounds", "local_device", "GradientReducer",
-           "ShardedBatches"]
+           "ShardedBatches", "single_process"]
 
 DEFAULT_TIMEOUT_S = 30.0
 BUCKET_BYTES = 1 << 20     # ~1 MiB buckets: a few per LeNet/ResNet-20, large enough for bandwidth
@@ -240,6 +240,35 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+class SingleProcess(Communicator):
+    """A communicator of one rank that needs no MPI: every collective is the identity. For the
+    one-GPU NCCL check and for code that takes a communicator in a plain process."""
+
+    def __init__(self, sync_batchnorm: bool = False):
+        self.MPI = None
+        self.comm = None
+        self.rank, self.size = 0, 1
+        self.timeout = DEFAULT_TIMEOUT_S
+        self.sync_batchnorm = bool(sync_batchnorm)
+        self._busy = None
+        self._lock = threading.Lock()
+        self._watchdog = None
+        self.stats = {"allreduce_wait_s": 0.0, "steps": 0}
+        self._local_peers = []
+        self.hosts = [socket.gethostname()]
+
+    def wait(self, requests, what: str):
+        pass
+
+    def abort(self, message: str, code: int = 1):
+        raise DistributedError(message)
+
+
+def single_process(sync_batchnorm: bool = False) -> Communicator:
+    """A one-rank :class:`Communicator` without MPI (see :class:`SingleProcess`)."""
+    return SingleProcess(sync_batchnorm)
 
 
 def init(comm=None, timeout: float | None = None, sync_batchnorm: bool = False) -> Communicator:
@@ -639,12 +668,12 @@ class FitSession:
                         f"{type(exc).__name__}: {exc}")
 
 
-def _describe(model, batch_size, epochs, n_samples) -> dict:
+def _describe(model, batch_size, epochs, n_samples, sync_bn) -> dict:
     return {"model": model.get_config(), "dtype": model.dtype.name, "loss": getattr(model.loss, "name", None),
             "optimizer": model.optimizer.get_config(), "metrics": list(model.metrics),
             "batch_size": int(batch_size), "epochs": int(epochs), "samples": n_samples,
             "trainable": [bool(l.trainable) for l in model.layers], "params": int(model._flat.size),
-            "device_kind": model.device.kind}
+            "device_kind": model.device.kind, "sync_batchnorm": sync_bn}
 
 
 def attach(model, comm, batch_size: int, epochs: int, n_samples) -> FitSession:
@@ -652,7 +681,7 @@ def attach(model, comm, batch_size: int, epochs: int, n_samples) -> FitSession:
     same model and configuration, copy rank 0's weights, state and optimiser state to all
     ranks, give each rank its own dropout stream, and create the gradient reducer."""
     comm = init(comm)
-    comm.check_same(_describe(model, batch_size, epochs, n_samples))
+    comm.check_same(_describe(model, batch_size, epochs, n_samples, comm.sync_batchnorm))
     # rank 0's initial weights and optimizer state everywhere (host staging is fine: once per fit)
     flat = _to_host(model._flat).copy()
     comm.bcast_(flat, 0, "the initial weights")
@@ -677,6 +706,9 @@ def attach(model, comm, batch_size: int, epochs: int, n_samples) -> FitSession:
     bg.state = rng_state
     if comm.rank:  # a stream of its own per rank (PCG64 jump-ahead): no two ranks draw the same masks
         bg.state = bg.jumped(comm.rank).state
+    for layer in model.layers:  # the synchronised batch-norm hook (layers that declare it)
+        if hasattr(layer, "sync_stats"):
+            layer.sync_stats = comm if comm.sync_batchnorm and comm.size > 1 else None
     model._ensure_grads()
     return FitSession(comm, model, GradientReducer(comm, model))
 

@@ -31,6 +31,11 @@ def summary(ck):
                      f"{'all ok' if not bad else 'FAIL: ' + ', '.join(c['op'] + ' ' + c['dtype'] for c in bad)}; "
                      f"worst rel err f32 {_fmt(worst32, '.1e')}, f64 {_fmt(worst64, '.1e')}; "
                      f"deterministic {all(ck.results.get('deterministic', [False]))} |")
+    nc = ck.results.get("nccl") or {}
+    if "fit_rel_diff" in nc:
+        lines.append(f"| data-parallel NCCL path (K = 1) | backend {nc['backend']}, NCCL {nc['nccl_version']}, "
+                     f"in-place allreduce {nc['allreduce_equal']}, fit vs plain fit rel diff "
+                     f"{nc['fit_rel_diff']:.1e} |")
     if ck.results.get("pytest_gpu"):
         lines.append(f"| pytest tests/cuda on the GPU | {ck.results['pytest_gpu']['tail']} |")
     for name, sec in ck.results["sections"].items():

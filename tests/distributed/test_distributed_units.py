@@ -77,3 +77,30 @@ class _Single(D.Communicator):
 
     def allreduce_(self, a, what="allreduce"):
         return a
+
+
+def test_fit_on_a_one_rank_communicator_equals_plain_fit():
+    """The whole distributed fit path (sharding, bucket reducer, stats, stop agreement, sharded
+    validation) with one rank and no MPI: the same weights and history as a plain fit."""
+    import nbcnn
+    from nbcnn import layers as L, optim
+
+    rng = np.random.default_rng(3)
+    x = rng.random((70, 1, 10, 10), dtype=np.float32)
+    y = rng.integers(0, 5, 70)
+    runs = []
+    for dist in (None, D.single_process()):
+        nbcnn.seed(9)
+        m = nbcnn.Sequential([L.Conv2D(3, 3, activation="relu", input_shape=(1, 10, 10)), L.Flatten(),
+                              L.Dense(5)])
+        m.compile(optimizer=optim.SGD(0.1, momentum=0.9))
+        h = m.fit(x, y, epochs=2, batch_size=16, validation_split=0.2, distributed=dist, verbose=0)
+        runs.append((m.get_weights(), h.history, m.optimizer.iterations))
+        if dist is not None:
+            assert dist.stats["steps"] == 8  # 56 training images / 16 = 4 steps x 2 epochs
+    (w0, h0, i0), (w1, h1, i1) = runs
+    assert i0 == i1 == 8
+    for a, b in zip(w0, w1):
+        np.testing.assert_array_equal(a, b)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(h1[k], h0[k], rtol=1e-12)
