@@ -4,8 +4,8 @@ Both backends expose the same *kernel contract*, already validated and
 normalised by :mod:`nbcnn.ops` (C-contiguous arrays of one float dtype,
 padding as ``(top, bottom, left, right)``, stride as ``(sh, sw)``)::
 
-    conv2d_forward(x, w, b, stride, pads, ctx) -> y
-    conv2d_backward(gy, x, w, stride, pads, need_gx, ctx) -> (gx | None, gw, gb)
+    conv2d_forward(x, w, b, stride, pads, ctx, dilation=(1, 1), groups=1) -> y
+    conv2d_backward(gy, x, w, stride, pads, need_gx, ctx, dilation=(1, 1), groups=1) -> (gx | None, gw, gb)
     pad2d(x, pads) -> xp ;  pad2d_backward(gy, pads) -> gx
     max_pool2d_forward(x, size, stride, pads, ctx) -> y
     max_pool2d_backward(gy, x, size, stride, pads, ctx) -> gx

@@ -38,13 +38,15 @@ def same_padding_1d(n: int, f: int, s: int) -> tuple[int, int]:
 
 
 def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),
-                    size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+                    size: tuple[int, int] | None = None,
+                    dilation: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int]:
     """Any accepted padding form -> (top, bottom, left, right).
 
     Forms: int p; (ph, pw); (top, bottom, left, right); 'valid'; 'same'
     (needs the input ``size`` when a stride is > 1); 'full' (f - 1 per side).
+    'same' and 'full' use the effective kernel extent (f - 1) * d + 1 when dilated.
     """
-    kh, kw = kernel
+    kh, kw = effective_kernel(kernel[0], dilation[0]), effective_kernel(kernel[1], dilation[1])
     if isinstance(padding, str):
         p = padding.lower()
         if p == "valid":
@@ -72,9 +74,29 @@ def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int] = 
     return pads  # type: ignore[return-value]
 
 
-def output_size(n: int, f: int, pad_before: int, pad_after: int, s: int) -> int:
-    """floor((n + pads - f) / s) + 1; <= 0 means the window does not fit."""
-    return (n + pad_before + pad_after - f) // s + 1
+def as_dilation(dilation) -> tuple[int, int]:
+    dh, dw = as_pair(dilation, "dilation")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+    return dh, dw
+
+
+def effective_kernel(f: int, d: int = 1) -> int:
+    """Extent of a kernel of f taps spaced d apart: (f - 1) * d + 1."""
+    return (f - 1) * d + 1
+
+
+def output_size(n: int, f: int, pad_before: int, pad_after: int, s: int, d: int = 1) -> int:
+    """floor((n + pads - ((f - 1) * d + 1)) / s) + 1; <= 0 means the window does not fit."""
+    return (n + pad_before + pad_after - (f - 1) * d - 1) // s + 1
+
+
+def conv2d_output_hw(H: int, W: int, kernel: tuple[int, int], stride: tuple[int, int],
+                     pads: tuple[int, int, int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """(Ho, Wo) of a convolution with resolved (top, bottom, left, right) padding."""
+    pt, pb, pl, pr = pads
+    return (output_size(H, kernel[0], pt, pb, stride[0], dilation[0]),
+            output_size(W, kernel[1], pl, pr, stride[1], dilation[1]))
 
 
 def phase_plane_size(n: int, pad_before: int, pad_after: int, s: int) -> int:
@@ -82,17 +104,22 @@ def phase_plane_size(n: int, pad_before: int, pad_after: int, s: int) -> int:
     return -(-(n + pad_before + pad_after) // s)
 
 
-def conv_output_size(n: int, f: int, padding=0, stride: int = 1) -> int:
-    """Output length of a convolution or pooling: floor((n + 2p - f) / s) + 1.
+def conv_output_size(n: int, f: int, padding=0, stride: int = 1, dilation: int = 1) -> int:
+    """Output length of a convolution or pooling: floor((n + 2p - ((f - 1) * d + 1)) / s) + 1.
 
-    ``padding`` may be an int, a ``(before, after)`` pair, or 'valid'/'same'/'full'.
+    ``padding`` may be an int, a ``(before, after)`` pair, or 'valid'/'same'/'full'
+    ('full' pads the effective kernel extent minus one per side).
     """
-    if not (_is_int(n) and _is_int(f) and _is_int(stride)):
-        raise TypeError(f"n, f and stride must be ints, got n={n!r}, f={f!r}, stride={stride!r}")
+    if not (_is_int(n) and _is_int(f) and _is_int(stride) and _is_int(dilation)):
+        raise TypeError(f"n, f, stride and dilation must be ints, got n={n!r}, f={f!r}, stride={stride!r}, "
+                        f"dilation={dilation!r}")
     if n <= 0 or f <= 0:
         raise ValueError(f"n and f must be positive, got n={n}, f={f}")
     if stride <= 0:
         raise ValueError(f"stride must be positive, got {stride}")
+    if dilation < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    fe = effective_kernel(f, dilation)
     if isinstance(padding, str):
         p = padding.lower()
         if p == "same":
@@ -100,7 +127,7 @@ def conv_output_size(n: int, f: int, padding=0, stride: int = 1) -> int:
         if p == "valid":
             before = after = 0
         elif p == "full":
-            before = after = f - 1
+            before = after = fe - 1
         else:
             raise ValueError(f"unknown padding {padding!r}: use an int or one of {PADDING_STRINGS}")
     elif _is_int(padding):
@@ -111,9 +138,10 @@ def conv_output_size(n: int, f: int, padding=0, stride: int = 1) -> int:
         raise TypeError(f"padding must be an int, a (before, after) pair or a string, got {padding!r}")
     if before < 0 or after < 0:
         raise ValueError(f"padding must be >= 0, got {padding!r}")
-    out = output_size(n, f, before, after, stride)
+    out = output_size(n, f, before, after, stride, dilation)
     if out <= 0:
-        raise ValueError(f"kernel size {f} is larger than the padded input size {n + before + after}")
+        raise ValueError(f"kernel size {f} (extent {fe} with dilation {dilation}) is larger than the "
+                         f"padded input size {n + before + after}")
     return out
 
 

@@ -9,11 +9,15 @@ Numba CUDA kernels; under the CUDA simulator, NumPy arrays inside
 
 Padding forms: int ``p``; ``(ph, pw)``; ``(top, bottom, left, right)``;
 ``"valid"``; ``"same"`` (output ceil(n/s), extra row/column at the
-bottom/right, also for stride > 1); ``"full"`` (f - 1 per side).
+bottom/right, also for stride > 1); ``"full"`` (f - 1 per side). With
+dilation d, 'same' and 'full' pad for the effective kernel (f - 1) * d + 1.
 """
 from __future__ import annotations
 
-from ..kernels.geometry import as_pair, as_stride, conv_output_size, resolve_padding
+import numbers
+
+from ..kernels.geometry import (as_dilation, as_pair, as_stride, conv2d_output_hw, conv_output_size,
+                                effective_kernel, resolve_padding)
 from ._dispatch import array_module, backend_for, check_float, check_ndim, contiguous
 from .norm import batch_norm, batch_norm_backward, lrn, lrn_backward
 from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
@@ -29,45 +33,72 @@ __all__ = [
 ]
 
 
-def _conv_setup(x, w, stride, padding, name_x="x"):
+def _conv_setup(x, w, stride, padding, dilation=1, groups=1, name_x="x"):
     x = check_ndim(check_float(x, name_x), 4, name_x, "(N, C, H, W)")
-    w = check_ndim(check_float(w, "w"), 4, "w", "(K, C, kh, kw)")
+    w = check_ndim(check_float(w, "w"), 4, "w", "(K, C // groups, kh, kw)")
     if w.dtype != x.dtype:
         w = w.astype(x.dtype)
     N, C, H, W = x.shape
     K, Cw, kh, kw = w.shape
     if min(w.shape) <= 0 or min(x.shape[1:]) <= 0:
         raise ValueError(f"empty array: x has shape {tuple(x.shape)}, w has shape {tuple(w.shape)}")
-    if Cw != C:
-        raise ValueError(f"channel mismatch: x has C={C} (shape {x.shape}) but w expects C={Cw} (shape {w.shape})")
+    groups = _check_groups(groups, C, K)
+    if Cw != C // groups:
+        if groups == 1:
+            raise ValueError(f"channel mismatch: x has C={C} (shape {x.shape}) but w expects C={Cw} "
+                             f"(shape {w.shape})")
+        raise ValueError(f"channel mismatch: with groups={groups} w must have C // groups = {C // groups} "
+                         f"input channels (x has C={C}), got w of shape {tuple(w.shape)}")
     sh, sw = as_stride(stride)
-    pads = resolve_padding(padding, (kh, kw), (sh, sw), (H, W))
+    dil = as_dilation(dilation)
+    pads = resolve_padding(padding, (kh, kw), (sh, sw), (H, W), dil)
     pt, pb, pl, pr = pads
-    if kh > H + pt + pb or kw > W + pl + pr:
+    Ho, Wo = conv2d_output_hw(H, W, (kh, kw), (sh, sw), pads, dil)
+    if Ho <= 0 or Wo <= 0:
+        ext = "" if dil == (1, 1) else f" (extent {effective_kernel(kh, dil[0])}x{effective_kernel(kw, dil[1])} " \
+                                          f"with dilation {dil})"
         raise ValueError(
-            f"kernel {kh}x{kw} (w shape {w.shape}) is larger than the padded input "
+            f"kernel {kh}x{kw}{ext} (w shape {w.shape}) is larger than the padded input "
             f"{H + pt + pb}x{W + pl + pr} (x shape {x.shape}, padding {padding!r})")
-    Ho = (H + pt + pb - kh) // sh + 1
-    Wo = (W + pl + pr - kw) // sw + 1
-    return x, w, (sh, sw), pads, (N, K, Ho, Wo)
+    return x, w, (sh, sw), pads, dil, groups, (N, K, Ho, Wo)
 
 
-def conv2d_output_shape(x_shape, w_shape, stride=1, padding=0) -> tuple:
+def _check_groups(groups, C, K) -> int:
+    if type(groups) is bool or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if C % groups:
+        raise ValueError(f"input channels C={C} are not divisible by groups={groups}")
+    if K % groups:
+        raise ValueError(f"filters K={K} are not divisible by groups={groups}")
+    return groups
+
+
+def conv2d_output_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> tuple:
     """Output shape of :func:`conv2d` for these shapes (no data needed)."""
     N, C, H, W = x_shape
-    K, _, kh, kw = w_shape
+    K, Cw, kh, kw = w_shape
+    groups = _check_groups(groups, C, K)
+    if Cw != C // groups:
+        raise ValueError(f"w of shape {tuple(w_shape)} needs C // groups = {C // groups} input channels")
     sh, sw = as_stride(stride)
-    pt, pb, pl, pr = resolve_padding(padding, (kh, kw), (sh, sw), (H, W))
-    return (N, K, (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1)
+    dil = as_dilation(dilation)
+    pads = resolve_padding(padding, (kh, kw), (sh, sw), (H, W), dil)
+    return (N, K, *conv2d_output_hw(H, W, (kh, kw), (sh, sw), pads, dil))
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, *, ctx=None):
-    """Cross-correlation: ``y[n,k] = sum_c x[n,c] * w[k,c] + b[k]``.
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, ctx=None):
+    """Cross-correlation: ``y[n,k] = sum_c x[n,c] * w[k,c] + b[k]`` (PyTorch's ``conv2d``).
 
-    x ``(N, C, H, W)``, w ``(K, C, kh, kw)``, b ``(K,)`` or None. ``ctx`` (a dict
-    owned by the caller) lets :func:`conv2d_backward` reuse forward work.
+    x ``(N, C, H, W)``, w ``(K, C // groups, kh, kw)``, b ``(K,)`` or None.
+    ``dilation`` (int or pair) spaces the taps; ``groups`` splits the channels
+    into independent groups (``groups == C``: depthwise, ``K = m * C`` gives
+    depth multiplier m). ``ctx`` (a dict owned by the caller) lets
+    :func:`conv2d_backward` reuse forward work.
     """
-    x, w, stride, pads, oshape = _conv_setup(x, w, stride, padding)
+    x, w, stride, pads, dil, groups, oshape = _conv_setup(x, w, stride, padding, dilation, groups)
     if b is not None:
         b = check_ndim(check_float(b, "b"), 1, "b", "(K,)")
         if b.shape[0] != w.shape[0]:
@@ -78,15 +109,15 @@ def conv2d(x, w, b=None, stride=1, padding=0, *, ctx=None):
     if oshape[0] == 0:  # an empty batch: nothing to compute (kernels need not handle it)
         return array_module(x).zeros(oshape, dtype=x.dtype)
     return be.conv2d_forward(contiguous(x), contiguous(w), None if b is None else contiguous(b),
-                             stride, pads, ctx)
+                             stride, pads, ctx, dilation=dil, groups=groups)
 
 
-def conv2d_backward(gy, x, w, stride=1, padding=0, *, need_gx=True, ctx=None):
+def conv2d_backward(gy, x, w, stride=1, padding=0, dilation=1, groups=1, *, need_gx=True, ctx=None):
     """Gradients ``(gx, gw, gb)`` of :func:`conv2d` given the output gradient ``gy``.
 
     ``need_gx=False`` skips the input gradient (first layer) and returns None for it.
     """
-    x, w, stride, pads, oshape = _conv_setup(x, w, stride, padding)
+    x, w, stride, pads, dil, groups, oshape = _conv_setup(x, w, stride, padding, dilation, groups)
     gy = check_ndim(check_float(gy, "gy"), 4, "gy", "(N, K, Ho, Wo)")
     if tuple(gy.shape) != oshape:
         raise ValueError(f"gy has shape {tuple(gy.shape)} but the convolution output has shape {oshape}")
@@ -97,7 +128,8 @@ def conv2d_backward(gy, x, w, stride=1, padding=0, *, need_gx=True, ctx=None):
         xp = array_module(x)
         return (xp.zeros(x.shape, x.dtype) if need_gx else None, xp.zeros(w.shape, x.dtype),
                 xp.zeros(w.shape[0], x.dtype))
-    return be.conv2d_backward(contiguous(gy), contiguous(x), contiguous(w), stride, pads, need_gx, ctx)
+    return be.conv2d_backward(contiguous(gy), contiguous(x), contiguous(w), stride, pads, need_gx, ctx,
+                              dilation=dil, groups=groups)
 
 
 def _pad_setup(shape, padding, kernel_size, stride):

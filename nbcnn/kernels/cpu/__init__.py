@@ -3,7 +3,7 @@
 Every parallel loop writes disjoint outputs (one task per output row, plane
 or weight slice), so results are race-free and identical run to run.
 """
-from .conv import conv2d_backward, conv2d_forward
+from .conv_general import conv2d_backward, conv2d_forward
 from .norm import batch_norm_backward, batch_norm_forward, lrn_backward, lrn_forward
 from .pad import pad2d, pad2d_backward
 from .pool import (avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d_backward,
