@@ -34,7 +34,8 @@ import numpy as np
 from . import initializers, ops
 from .device import is_gpu_array
 from .kernels.cpu import activations as _ak
-from .kernels.geometry import as_pair, as_stride, check_pool_padding, pool_output_size, resolve_padding
+from .kernels.geometry import (as_dilation, as_pair, as_stride, check_pool_padding, conv2d_output_hw,
+                               pool_output_size, resolve_padding)
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dense", "Dropout", "Activation",
@@ -323,8 +324,10 @@ class Conv2D(Layer):
     """2-D convolution (cross-correlation) with optional fused activation.
 
     ``padding``: ``"valid"``, ``"same"``, an int, a pair or ``(top, bottom, left, right)``;
-    the resolved form is ``self.pads`` once the input shape is known.
-    Weights: kernel ``(filters, C, kh, kw)``, bias ``(filters,)``.
+    the resolved form is ``self.pads`` once the input shape is known ('same' and
+    'full' pad for the dilated kernel extent). ``dilation_rate`` spaces the taps;
+    ``groups`` splits the channels into independent groups (C and filters must
+    be multiples of it). Weights: kernel ``(filters, C // groups, kh, kw)``, bias ``(filters,)``.
     """
 
     param_names = ("kernel", "bias")
@@ -332,8 +335,13 @@ class Conv2D(Layer):
 
     def __init__(self, filters: int, kernel_size, stride=1, padding="valid", activation=None,
                  use_bias: bool = True, input_shape=None, kernel_initializer="he_normal",
-                 bias_initializer="zeros", name=None, trainable=True, strides=None):
+                 bias_initializer="zeros", name=None, trainable=True, strides=None,
+                 dilation_rate=1, groups: int = 1):
         super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.dilation_rate = as_dilation(dilation_rate)
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        self.groups = int(groups)
         if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters <= 0:
             raise ValueError(f"filters must be a positive int, got {filters!r}")
         self.filters = int(filters)
@@ -362,14 +370,15 @@ class Conv2D(Layer):
             raise ValueError(f"Conv2D {self.name!r} expects per-sample input (C, H, W), got shape {input_shape}")
         C, H, W = input_shape
         kh, kw = self.kernel_size
-        self.pads = resolve_padding(self.padding, self.kernel_size, self.strides, (H, W))
-        pt, pb, pl, pr = self.pads
-        Ho = (H + pt + pb - kh) // self.strides[0] + 1
-        Wo = (W + pl + pr - kw) // self.strides[1] + 1
+        if C % self.groups or self.filters % self.groups:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: input channels ({C}) and filters "
+                             f"({self.filters}) must both be divisible by groups={self.groups}")
+        self.pads = resolve_padding(self.padding, self.kernel_size, self.strides, (H, W), self.dilation_rate)
+        Ho, Wo = conv2d_output_hw(H, W, self.kernel_size, self.strides, self.pads, self.dilation_rate)
         if Ho <= 0 or Wo <= 0:
-            raise ValueError(f"Conv2D {self.name!r}: kernel {kh}x{kw} does not fit the input {input_shape} "
-                             f"with padding {self.pads}")
-        shapes = [(self.filters, C, kh, kw)]
+            raise ValueError(f"{type(self).__name__} {self.name!r}: kernel {kh}x{kw} (dilation "
+                             f"{self.dilation_rate}) does not fit the input {input_shape} with padding {self.pads}")
+        shapes = [(self.filters, C // self.groups, kh, kw)]
         if self.use_bias:
             shapes.append((self.filters,))
         return (self.filters, Ho, Wo), shapes
@@ -386,7 +395,8 @@ class Conv2D(Layer):
     def forward(self, x, training=False):
         self._ensure_built(x)
         b = self.params[1] if self.use_bias else None
-        y = ops.conv2d(x, self.params[0], b, self.strides, self.pads, ctx=self._ctx if training else None)
+        y = ops.conv2d(x, self.params[0], b, self.strides, self.pads, self.dilation_rate, self.groups,
+                       ctx=self._ctx if training else None)
         act_forward_inplace(y, self.activation)
         self._cache = (x, y) if training else None
         return y
@@ -400,8 +410,8 @@ class Conv2D(Layer):
                     or type(self._gbuf) is not type(y):
                 self._gbuf = _xp(y).empty_like(y)
             gy = act_backward(gy, y, self.activation, out=self._gbuf)
-        gx, gw, gb = ops.conv2d_backward(gy, x, self.params[0], self.strides, self.pads,
-                                         need_gx=self.need_gx, ctx=self._ctx)
+        gx, gw, gb = ops.conv2d_backward(gy, x, self.params[0], self.strides, self.pads, self.dilation_rate,
+                                         self.groups, need_gx=self.need_gx, ctx=self._ctx)
         if self.trainable:
             self.grads[0][...] = gw
             if self.use_bias:
@@ -414,7 +424,154 @@ class Conv2D(Layer):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "stride": list(self.strides), "padding": pad, "activation": self.activation,
                 "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer.get_config(),
-                "bias_initializer": self.bias_initializer.get_config()}
+                "bias_initializer": self.bias_initializer.get_config(),
+                "dilation_rate": list(self.dilation_rate), "groups": self.groups}
+
+
+class DepthwiseConv2D(Conv2D):
+    """Depthwise convolution: each input channel convolved with its own ``depth_multiplier`` filters.
+
+    A :class:`Conv2D` with ``groups = C`` and ``filters = C * depth_multiplier``
+    (known once the input shape is); output channel ``c * depth_multiplier + m``
+    comes from input channel c. Weights: depthwise_kernel ``(C * depth_multiplier, 1, kh, kw)``
+    (PyTorch's layout), bias ``(C * depth_multiplier,)``.
+    """
+
+    param_names = ("depthwise_kernel", "bias")
+    base_name = "depthwise_conv2d"
+
+    def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier: int = 1, dilation_rate=1,
+                 use_bias: bool = True, activation=None, input_shape=None, depthwise_initializer="he_normal",
+                 bias_initializer="zeros", name=None, trainable=True):
+        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, (int, np.integer)) \
+                or depth_multiplier <= 0:
+            raise ValueError(f"depth_multiplier must be a positive int, got {depth_multiplier!r}")
+        super().__init__(1, kernel_size, strides, padding, activation, use_bias, input_shape,
+                         depthwise_initializer, bias_initializer, name, trainable, dilation_rate=dilation_rate)
+        self.depth_multiplier = int(depth_multiplier)
+        if not self.use_bias:
+            self.param_names = ("depthwise_kernel",)
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"DepthwiseConv2D {self.name!r} expects per-sample input (C, H, W), "
+                             f"got shape {input_shape}")
+        self.groups = input_shape[0]
+        self.filters = input_shape[0] * self.depth_multiplier
+        return super()._shapes(input_shape)
+
+    def get_config(self):
+        cfg = super().get_config()
+        for k in ("filters", "groups"):
+            cfg.pop(k)
+        cfg["strides"] = cfg.pop("stride")
+        cfg["depthwise_initializer"] = cfg.pop("kernel_initializer")
+        cfg["depth_multiplier"] = self.depth_multiplier
+        return cfg
+
+
+class SeparableConv2D(Layer):
+    """Depthwise convolution (no bias) followed by a pointwise 1x1 convolution with bias and activation.
+
+    Weights: depthwise_kernel ``(C * depth_multiplier, 1, kh, kw)``, pointwise_kernel
+    ``(filters, C * depth_multiplier, 1, 1)``, bias ``(filters,)`` (Keras's order).
+    """
+
+    param_names = ("depthwise_kernel", "pointwise_kernel", "bias")
+    base_name = "separable_conv2d"
+
+    def __init__(self, filters: int, kernel_size, strides=1, padding="valid", depth_multiplier: int = 1,
+                 dilation_rate=1, activation=None, use_bias: bool = True, input_shape=None,
+                 depthwise_initializer="he_normal", pointwise_initializer="he_normal", bias_initializer="zeros",
+                 name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.depthwise = DepthwiseConv2D(kernel_size, strides, padding, depth_multiplier, dilation_rate,
+                                         use_bias=False, depthwise_initializer=depthwise_initializer)
+        self.pointwise = Conv2D(filters, 1, activation=activation, use_bias=use_bias,
+                                kernel_initializer=pointwise_initializer, bias_initializer=bias_initializer)
+        self.filters = self.pointwise.filters
+        self.activation = self.pointwise.activation
+        self.use_bias = self.pointwise.use_bias
+        if not self.use_bias:
+            self.param_names = ("depthwise_kernel", "pointwise_kernel")
+
+    def _shapes(self, input_shape):
+        mid = self.depthwise.configure(input_shape)
+        out = self.pointwise.configure(mid)
+        return out, self.depthwise._param_shapes + self.pointwise._param_shapes
+
+    def _init_params(self, dtype, rng, outs=None):
+        outs = outs or [None] * len(self._param_shapes)
+        return (self.depthwise._init_params(dtype, rng, outs[:1])
+                + self.pointwise._init_params(dtype, rng, list(outs[1:]) + [None]))
+
+    def _link(self):
+        self.depthwise.params = self.params[:1]
+        self.pointwise.params = self.params[1:]
+        self.depthwise.trainable = self.pointwise.trainable = self.trainable
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._link()
+        return self.pointwise.forward(self.depthwise.forward(x, training), training)
+
+    def backward(self, gy):
+        if self.pointwise._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        self._link()
+        self.depthwise.grads = self.grads[:1]
+        self.pointwise.grads = self.grads[1:]
+        self.depthwise.need_gx = self.need_gx
+        return self.depthwise.backward(self.pointwise.backward(gy))
+
+    def get_config(self):
+        d, p = self.depthwise, self.pointwise
+        pad = [int(v) for v in d.padding] if isinstance(d.padding, (tuple, list)) else d.padding
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(d.kernel_size),
+                "strides": list(d.strides), "padding": pad, "depth_multiplier": d.depth_multiplier,
+                "dilation_rate": list(d.dilation_rate), "activation": self.activation, "use_bias": self.use_bias,
+                "depthwise_initializer": d.kernel_initializer.get_config(),
+                "pointwise_initializer": p.kernel_initializer.get_config(),
+                "bias_initializer": p.bias_initializer.get_config()}
+
+
+class ZeroPadding2D(Layer):
+    """Zero rows/columns around each plane: ``padding`` an int, ``(ph, pw)``, ``(top, bottom, left, right)``
+    or Keras's ``((top, bottom), (left, right))``."""
+
+    base_name = "zero_padding2d"
+
+    def __init__(self, padding=1, input_shape=None, name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
+                isinstance(v, (tuple, list)) for v in padding):
+            padding = tuple(padding[0]) + tuple(padding[1])
+        pads = resolve_padding(padding, (1, 1))
+        if isinstance(padding, str):
+            raise ValueError(f"ZeroPadding2D takes ints, got padding={padding!r}")
+        self.pads = pads
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"ZeroPadding2D {self.name!r} expects per-sample input (C, H, W), got shape "
+                             f"{input_shape}")
+        C, H, W = input_shape
+        pt, pb, pl, pr = self.pads
+        return (C, H + pt + pb, W + pl + pr), []
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = True if training else None
+        return ops.pad2d(x, self.pads)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        self._cache = None
+        return ops.pad2d_backward(gy, self.pads)
+
+    def get_config(self):
+        return {**super().get_config(), "padding": list(self.pads)}
 
 
 class _Pool2D(Layer):
@@ -931,6 +1088,10 @@ _REGISTRY.update({c.__name__: c for c in (GlobalAveragePooling2D, GlobalMaxPooli
                                           LocalResponseNormalization)})
 
 
+_REGISTRY.update({c.__name__: c for c in (DepthwiseConv2D, SeparableConv2D, ZeroPadding2D)})
+__all__ += ["DepthwiseConv2D", "SeparableConv2D", "ZeroPadding2D"]
+
+
 def deserialize(cfg: dict) -> Layer:
     """A layer from ``{"class_name": ..., "config": {...}}`` (as written by a model file)."""
     if not isinstance(cfg, dict) or cfg.get("class_name") not in _REGISTRY:
@@ -938,7 +1099,7 @@ def deserialize(cfg: dict) -> Layer:
     kwargs = dict(cfg.get("config", {}))
     if "input_shape" in kwargs:
         kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    for k in ("kernel_size", "stride", "size"):
+    for k in ("kernel_size", "stride", "size", "strides", "dilation_rate"):
         if isinstance(kwargs.get(k), list):
             kwargs[k] = tuple(kwargs[k])
     if isinstance(kwargs.get("padding"), list):

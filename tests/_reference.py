@@ -187,3 +187,55 @@ def lrn(x, size, alpha, beta, k):
         s = sum(x[:, i] ** 2 for i in win)
         y[:, c] = x[:, c] / (k + alpha / size * s) ** beta
     return y
+
+
+def conv2d_general(x, w, b, stride, pads, dilation=(1, 1), groups=1):
+    """conv2d with dilation and groups: per group, one window of taps spaced d apart per output."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pb, pl, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    N, C, Hp, Wp = xp.shape
+    K, Cg, kh, kw = w.shape
+    Kg = K // groups
+    Ho, Wo = (Hp - (kh - 1) * dh - 1) // sh + 1, (Wp - (kw - 1) * dw - 1) // sw + 1
+    y = np.zeros((N, K, Ho, Wo))
+    for g in range(groups):
+        xg = xp[:, g * Cg:(g + 1) * Cg]
+        wg = w[g * Kg:(g + 1) * Kg]
+        for oh in range(Ho):
+            for ow in range(Wo):
+                win = xg[:, :, oh * sh:oh * sh + (kh - 1) * dh + 1:dh, ow * sw:ow * sw + (kw - 1) * dw + 1:dw]
+                y[:, g * Kg:(g + 1) * Kg, oh, ow] = np.tensordot(win, wg, axes=([1, 2, 3], [1, 2, 3]))
+    if b is not None:
+        y += np.asarray(b, np.float64)[None, :, None, None]
+    return y
+
+
+def conv2d_general_backward(gy, x, w, stride, pads, dilation=(1, 1), groups=1):
+    """(gx, gw, gb) of conv2d_general, by the same explicit windows."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    gy = np.asarray(gy, np.float64)
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pb, pl, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    K, Cg, kh, kw = w.shape
+    Kg = K // groups
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(w)
+    Ho, Wo = gy.shape[2:]
+    for g in range(groups):
+        cs, ks = slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)
+        for oh in range(Ho):
+            for ow in range(Wo):
+                hs = slice(oh * sh, oh * sh + (kh - 1) * dh + 1, dh)
+                ws = slice(ow * sw, ow * sw + (kw - 1) * dw + 1, dw)
+                gk = gy[:, ks, oh, ow]                                # (N, Kg)
+                gxp[:, cs, hs, ws] += np.tensordot(gk, w[ks], axes=(1, 0))
+                gw[ks] += np.tensordot(gk, xp[:, cs, hs, ws], axes=(0, 0))
+    H, W = x.shape[2:]
+    return gxp[:, :, pt:pt + H, pl:pl + W], gw, gy.sum(axis=(0, 2, 3))

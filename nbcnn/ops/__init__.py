@@ -82,7 +82,8 @@ def conv2d_output_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, group
     K, Cw, kh, kw = w_shape
     groups = _check_groups(groups, C, K)
     if Cw != C // groups:
-        raise ValueError(f"w of shape {tuple(w_shape)} needs C // groups = {C // groups} input channels")
+        raise ValueError(f"channel mismatch: with groups={groups} w must have C // groups = {C // groups} "
+                         f"input channels (x has C={C}), got w of shape {tuple(w_shape)}")
     sh, sw = as_stride(stride)
     dil = as_dilation(dilation)
     pads = resolve_padding(padding, (kh, kw), (sh, sw), (H, W), dil)

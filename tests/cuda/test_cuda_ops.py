@@ -300,6 +300,9 @@ def test_every_kernel_runs_under_cuda_device():
     def tour(x, w, b, gy, gp):
         ops.conv2d_backward(gy, x, w, 1, "same")
         ops.conv2d(x, w, b, 1, "same")
+        ops.conv2d_backward(gy, x, w[:, :1], 1, "same", groups=2)      # depthwise
+        ops.conv2d(x, w[:, :1], b, 1, "same", groups=2)
+        ops.conv2d_backward(gy, x, w, 1, "same", dilation=2)           # dilated im2col / col2im
         ops.pad2d_backward(ops.pad2d(x, 1), 1)
         ops.max_pool2d_backward(gp, x, 2)
         ops.max_pool2d(x, 2)

@@ -11,13 +11,15 @@ Same algorithm and data layout as the CPU's im2col path
   entry that came from it) writes ``gx`` — race-free and deterministic.
 
 Padding and stride are fused into im2col/col2im. Every kernel writes every
-element of its output, so outputs are allocated uninitialised.
+element of its output, so outputs are allocated uninitialised. Dilated,
+grouped and depthwise convolution: :mod:`.conv_general`.
 """
 from __future__ import annotations
 
 from numba import cuda, float64
 
-from ..geometry import output_size
+from ..geometry import conv2d_output_hw
+from . import conv_general
 from .runtime import I64, MAX_BLOCKS, arr, kernel, xp_of
 
 # Threads per block of the bias-gradient kernel (= its shared array size; a power of two). The
@@ -151,17 +153,19 @@ def _nk_to_kn_bias_grad(gy, out, gb):
         cuda.syncthreads()  # buf is reused for the next k
 
 
-def _geometry(x_shape, w_shape, stride, pads):
+def _geometry(x_shape, w_shape, stride, pads, dilation=(1, 1)):
     N, C, H, W = x_shape
     K, _, kh, kw = w_shape
     sh, sw = stride
     pt, pb, pl, pr = pads
-    Ho, Wo = output_size(H, kh, pt, pb, sh), output_size(W, kw, pl, pr, sw)
+    Ho, Wo = conv2d_output_hw(H, W, (kh, kw), stride, pads, dilation)
     return N, C, K, kh, kw, sh, sw, pt, pl, Ho, Wo
 
 
-def _col(x, w_shape, stride, pads, geo, out=None):
+def _col(x, w_shape, stride, pads, geo, out=None, dilation=(1, 1)):
     N, C, K, kh, kw, sh, sw, pt, pl, Ho, Wo = geo
+    if tuple(dilation) != (1, 1):
+        return conv_general.im2col(x, w_shape, stride, pads, dilation, Ho, Wo, out)
     xp = xp_of(x)
     R, NP = C * kh * kw, N * Ho * Wo
     col = out if out is not None else xp.empty((R, NP), dtype=x.dtype)
@@ -169,47 +173,75 @@ def _col(x, w_shape, stride, pads, geo, out=None):
     return col
 
 
-def conv2d_forward(x, w, b, stride, pads, ctx=None):
+def _grouped_matmul(xp, a, bmat, groups, transpose_a=False, transpose_b=False):
+    """Block-diagonal product: rows of group g of the result = op(a_g) @ op(b_g), where a_g and
+    b_g are group g's contiguous blocks of rows of ``a`` and ``b`` (op: optional transpose)."""
+    if groups == 1:
+        return xp.matmul(a.T if transpose_a else a, bmat.T if transpose_b else bmat)
+    ra, rb = a.shape[0] // groups, bmat.shape[0] // groups
+    parts = []
+    for g in range(groups):
+        ag, bg = a[g * ra:(g + 1) * ra], bmat[g * rb:(g + 1) * rb]
+        parts.append(xp.matmul(ag.T if transpose_a else ag, bg.T if transpose_b else bg))
+    return xp.concatenate(parts, axis=0)
+
+
+def _is_depthwise(x, w, groups):
+    return groups > 1 and groups == x.shape[1] and w.shape[1] == 1
+
+
+def conv2d_forward(x, w, b, stride, pads, ctx=None, dilation=(1, 1), groups=1):
+    dilation = tuple(dilation)
+    if _is_depthwise(x, w, groups):
+        if ctx is not None:
+            ctx.clear()
+        return conv_general.depthwise_forward(x, w, b, stride, pads, dilation)
     xp = xp_of(x)
-    geo = _geometry(x.shape, w.shape, stride, pads)
+    geo = _geometry(x.shape, w.shape, stride, pads, dilation)
     N, C, K, kh, kw, sh, sw, pt, pl, Ho, Wo = geo
     R, NP = C * kh * kw, N * Ho * Wo
-    key = (xp.__name__, x.shape, w.shape, stride, pads)
+    key = (xp.__name__, x.shape, w.shape, stride, pads, dilation, groups)
     buf = None
     if ctx is not None:
         old = ctx.get("col")
         if old is not None and xp_of(old) is xp and old.shape == (R, NP) and old.dtype == x.dtype:
             buf = old  # reuse the previous step's column matrix
-    col = _col(x, w.shape, stride, pads, geo, buf)
+    col = _col(x, w.shape, stride, pads, geo, buf, dilation)
     if ctx is not None:
         ctx.clear()
         if col.nbytes <= CTX_COL_BYTES:
             ctx.update(key=key, col=col)
         # else the backward recomputes the columns: one more im2col instead of holding
         # C*kh*kw copies of the input per layer on the GPU until the backward pass
-    y2 = xp.matmul(w.reshape(K, R), col)
+    y2 = _grouped_matmul(xp, w.reshape(K, -1), col, groups)
     bias = b if b is not None else xp.zeros(K, dtype=x.dtype)
     y = xp.empty((N, K, Ho, Wo), dtype=x.dtype)
     _kn_to_nk_bias.grid3(Ho * Wo, K, N, y2, bias, y.reshape(N, K, Ho * Wo))
     return y
 
 
-def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
+def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None, dilation=(1, 1), groups=1):
+    dilation = tuple(dilation)
+    if _is_depthwise(x, w, groups):
+        return conv_general.depthwise_backward(gy, x, w, stride, pads, dilation, need_gx)
     xp = xp_of(x)
-    geo = _geometry(x.shape, w.shape, stride, pads)
+    geo = _geometry(x.shape, w.shape, stride, pads, dilation)
     N, C, K, kh, kw, sh, sw, pt, pl, Ho, Wo = geo
     R, NP = C * kh * kw, N * Ho * Wo
-    key = (xp.__name__, x.shape, w.shape, stride, pads)
+    key = (xp.__name__, x.shape, w.shape, stride, pads, dilation, groups)
     col = ctx.get("col") if (ctx is not None and ctx.get("key") == key) else None
     if col is None:
-        col = _col(x, w.shape, stride, pads, geo)
+        col = _col(x, w.shape, stride, pads, geo, dilation=dilation)
     gyT = xp.empty((K, NP), dtype=x.dtype)
     gb = xp.empty(K, dtype=x.dtype)
     _nk_to_kn_bias_grad.launch(min(K, MAX_BLOCKS), RED_TPB, gy.reshape(N, K, Ho * Wo), gyT, gb)
-    gw = xp.matmul(gyT, col.T).reshape(w.shape)
+    gw = _grouped_matmul(xp, gyT, col, groups, transpose_b=True).reshape(w.shape)
     gx = None
     if need_gx:
-        gcol = xp.matmul(w.reshape(K, R).T, gyT)
-        gx = xp.empty(x.shape, dtype=x.dtype)
-        _col2im.grid3(x.shape[2] * x.shape[3], C, N, gcol, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
+        gcol = _grouped_matmul(xp, w.reshape(K, -1), gyT, groups, transpose_a=True)
+        if dilation != (1, 1):
+            gx = conv_general.col2im(gcol, x.shape, w.shape, stride, pads, dilation, Ho, Wo, xp)
+        else:
+            gx = xp.empty(x.shape, dtype=x.dtype)
+            _col2im.grid3(x.shape[2] * x.shape[3], C, N, gcol, kh, kw, sh, sw, pt, pl, Ho, Wo, gx)
     return gx, gw, gb
