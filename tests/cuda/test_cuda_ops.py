@@ -307,6 +307,8 @@ def test_every_kernel_runs_under_cuda_device():
         ops.max_pool2d_backward(gp, x, 2)
         ops.max_pool2d(x, 2)
         ops.avg_pool2d_backward(gp, x, 2)
+        ops.global_avg_pool2d_backward(ops.global_avg_pool2d(x), x)
+        ops.global_max_pool2d_backward(ops.global_max_pool2d(x), x)
         return ops.avg_pool2d(x, 2)
 
     with Launches() as n:
