@@ -15,10 +15,9 @@ padding as ``(top, bottom, left, right)``, stride as ``(sh, sw)``)::
 ``ctx`` is an optional dict owned by the caller (a layer): the forward may
 store what its backward can reuse (the padded input, argmax indices). Its
 contents are private to the backend. Callers pass the backward the very
-same ``x`` object the forward got. A backend must reuse ctx only when the
-shapes match; the CPU backend also checks ``ctx["x"] is x`` and otherwise
-recomputes, so a stale ctx costs time there, never a wrong gradient
-(recommended for every backend). Empty batches never reach the kernels
+same ``x`` object the forward got. Every backend reuses ctx only through
+:func:`nbcnn.kernels.saved.saved_for` (same key *and* ``ctx["x"] is x``) and
+otherwise recomputes, so a stale ctx costs time, never a wrong gradient. Empty batches never reach the kernels
 (the ops layer answers them).
 Shape arithmetic shared by both backends lives in :mod:`nbcnn.kernels.geometry`.
 The ``cuda`` package is imported lazily, only when a CUDA device is used.

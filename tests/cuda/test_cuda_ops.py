@@ -197,6 +197,27 @@ def test_conv2d_ctx_from_another_shape_is_not_reused():
     assert_close(gx, rgx, np.float32, "gx with a stale ctx")
 
 
+def test_ctx_of_another_input_with_the_same_shape_is_not_reused():
+    """Forward on x1, backward on x2 (same shapes): the backward must not use x1's columns/argmax."""
+    rng, x1, w, _ = _conv_data(2, 3, 7, 7, 4, 3, 3, np.float32, seed=5)
+    x2 = rng.standard_normal(x1.shape).astype(np.float32)
+    gy = rng.standard_normal((2, 4, 7, 7)).astype(np.float32)
+    gp = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    with nbcnn.using_device("cuda"):
+        d1, d2, dw, dgy, dgp = (nbcnn.to_device(a) for a in (x1, x2, w, gy, gp))
+        cctx, pctx = {}, {}
+        ops.conv2d(d1, dw, None, 1, 1, ctx=cctx)
+        gx, gw, _ = (nbcnn.to_numpy(a) for a in ops.conv2d_backward(dgy, d2, dw, 1, 1, ctx=cctx))
+        ops.max_pool2d(d1, 2, ctx=pctx)
+        gxp = nbcnn.to_numpy(ops.max_pool2d_backward(dgp, d2, 2, ctx=pctx))
+        same = nbcnn.to_numpy(ops.max_pool2d_backward(dgp, d1, 2, ctx=pctx))  # its own input: reused
+    rgx, rgw, _ = ref.conv2d_backward(gy, x2, w, (1, 1), (1, 1, 1, 1))
+    assert_close(gw, rgw, np.float32, "gw after another input's forward")
+    assert_close(gx, rgx, np.float32, "gx after another input's forward")
+    assert np.array_equal(gxp, on_cpu(ops.max_pool2d_backward, gp, x2, 2))
+    assert np.array_equal(same, on_cpu(ops.max_pool2d_backward, gp, x1, 2))
+
+
 # size, stride, padding, shape, dtype
 POOL_CASES = [
     pytest.param(2, None, 0, (2, 2, 4, 6), np.float32, id="2x2-s2"),

@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..geometry import output_size, phase_plane_size
+from ..saved import saved_for
 from . import conv_implicit
 from .bias import bias_grad as _bias_grad
 from .pad import pad2d
@@ -381,7 +382,7 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None):
     N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, Ho, Wo = _geometry(x.shape, w.shape, stride, pads)
     P, R = Ho * Wo, C * kh * kw
     key = (x.shape, w.shape, stride, pads)
-    cached = ctx if (ctx is not None and ctx.get("key") == key and ctx.get("x") is x) else {}
+    cached = saved_for(ctx, key, x)
     gy3 = gy.reshape(N, K, P)
     if x.dtype == np.float32:  # the bias gradient is fused into its gradient re-layout pass
         return conv_implicit.backward(gy, x, w, stride, pads, need_gx, cached)

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..geometry import pool_output_size
+from ..saved import saved_for
 from .microkernel import compact_code
 
 
@@ -262,7 +263,7 @@ def max_pool2d_forward(x, size, stride, pads, ctx=None, ceil_mode=False):
 
 def max_pool2d_backward(gy, x, size, stride, pads, ctx=None, ceil_mode=False):
     key = (x.shape, size, stride, pads, ceil_mode)
-    idx = ctx.get("idx") if (ctx is not None and ctx.get("key") == key and ctx.get("x") is x) else None
+    idx = saved_for(ctx, key, x).get("idx")
     if idx is None:
         _, idx = _max_indices(x, size, stride, pads, ceil_mode)
     gx = np.empty(x.shape, dtype=gy.dtype)
@@ -375,7 +376,7 @@ def global_max_pool2d_forward(x, ctx=None):
 
 
 def global_max_pool2d_backward(gy, x, ctx=None):
-    idx = ctx.get("idx") if (ctx is not None and ctx.get("key") == x.shape and ctx.get("x") is x) else None
+    idx = saved_for(ctx, x.shape, x).get("idx")
     if idx is None:
         idx = np.empty(x.shape[0] * x.shape[1], dtype=np.int64)
         _gmax_fwd(_flat(x), np.empty(idx.shape, x.dtype), idx)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from numba import cuda, float64
 
 from ..geometry import conv2d_output_hw
+from ..saved import saved_for
 from . import conv_general
 from .runtime import I64, MAX_BLOCKS, arr, kernel, xp_of
 
@@ -210,7 +211,7 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None, dilation=(1, 1), groups=1):
     if ctx is not None:
         ctx.clear()
         if col.nbytes <= CTX_COL_BYTES:
-            ctx.update(key=key, col=col)
+            ctx.update(key=key, col=col, x=x)  # the backward reuses col only for this very x
         # else the backward recomputes the columns: one more im2col instead of holding
         # C*kh*kw copies of the input per layer on the GPU until the backward pass
     y2 = _grouped_matmul(xp, w.reshape(K, -1), col, groups)
@@ -229,7 +230,7 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None, dilation=(1,
     N, C, K, kh, kw, sh, sw, pt, pl, Ho, Wo = geo
     R, NP = C * kh * kw, N * Ho * Wo
     key = (xp.__name__, x.shape, w.shape, stride, pads, dilation, groups)
-    col = ctx.get("col") if (ctx is not None and ctx.get("key") == key) else None
+    col = saved_for(ctx, key, x).get("col")
     if col is None:
         col = _col(x, w.shape, stride, pads, geo, dilation=dilation)
     gyT = xp.empty((K, NP), dtype=x.dtype)

@@ -18,6 +18,7 @@ import numpy as np
 from numba import cuda, types
 
 from ..geometry import pool_output_size
+from ..saved import saved_for
 from .runtime import I64, MAX_BLOCKS, TPB, arr, kernel, xp_of
 
 _WIN = (I64,) * 6  # kh, kw, sh, sw, pt, pl
@@ -205,14 +206,14 @@ def max_pool2d_forward(x, size, stride, pads, ctx=None, ceil_mode=False):
     y, idx = _max_forward(x, size, stride, pads, ceil_mode)
     if ctx is not None:
         ctx.clear()
-        ctx.update(key=(xp_of(x).__name__, x.shape, size, stride, pads, ceil_mode), idx=idx)
+        ctx.update(key=(xp_of(x).__name__, x.shape, size, stride, pads, ceil_mode), idx=idx, x=x)
     return y
 
 
 def max_pool2d_backward(gy, x, size, stride, pads, ctx=None, ceil_mode=False):
     xp = xp_of(gy)
     key = (xp.__name__, x.shape, size, stride, pads, ceil_mode)
-    idx = ctx.get("idx") if (ctx is not None and ctx.get("key") == key) else None
+    idx = saved_for(ctx, key, x).get("idx")
     if idx is None:
         _, idx = _max_forward(x, size, stride, pads, ceil_mode)
     gx = xp.empty(x.shape, dtype=gy.dtype)
@@ -267,13 +268,13 @@ def global_max_pool2d_forward(x, ctx=None):
     y, idx = _gmax_indices(x)
     if ctx is not None:
         ctx.clear()
-        ctx.update(key=(xp_of(x).__name__, x.shape), idx=idx)
+        ctx.update(key=(xp_of(x).__name__, x.shape), idx=idx, x=x)
     return y
 
 
 def global_max_pool2d_backward(gy, x, ctx=None):
     xp = xp_of(gy)
-    idx = ctx.get("idx") if (ctx is not None and ctx.get("key") == (xp.__name__, x.shape)) else None
+    idx = saved_for(ctx, (xp.__name__, x.shape), x).get("idx")
     if idx is None:
         _, idx = _gmax_indices(x)
     gx = xp.empty(x.shape, dtype=gy.dtype)
