@@ -30,9 +30,9 @@ LAYER_NAMES = ("foundation", "kernels", "ops", "model API", "tools", "cli")
 KNOWN_CYCLES: set[frozenset] = {frozenset({"nbcnn.models", "nbcnn.serialization"})}
 
 
-def modules() -> dict[str, Path]:
+def modules(sources=SOURCES) -> dict[str, Path]:
     out = {}
-    for base, pkg in SOURCES:
+    for base, pkg in sources:
         for f in sorted(base.rglob("*.py")):
             parts = list(f.relative_to(base).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -41,9 +41,9 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(sources=SOURCES) -> dict[str, set[str]]:
     """module -> the package modules it imports (anywhere in its source, at any depth)."""
-    mods = modules()
+    mods = modules(sources)
 
     def known(name: str) -> str | None:
         while name and name not in mods:
@@ -122,13 +122,21 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset]:
     return out
 
 
-def test_the_graph_sees_function_level_and_relative_imports():
-    g = import_graph()
-    assert "nbcnn.kernels.cpu.conv" in g["nbcnn.kernels.cpu"]       # from .conv import ... (package init)
-    assert "nbcnn.ops" in g["nbcnn.layers"]                          # from . import initializers, ops
-    assert "nbcnn.cli.common" in g["nbcnn.cli.train"]                # cli/ is nbcnn.cli
-    assert "nbcnn.zoo" in g["nbcnn.cli.loading"]                     # imported inside a function
+def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "p"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import a\n")
+    (pkg / "a.py").write_text("def f():\n    from .sub import b\n    return b\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("import p.c\nfrom .. import VERSION\n")
+    (pkg / "c.py").write_text("from p.sub.b import g\n")
+    g = import_graph(((pkg, "p"),))
+    assert g == {"p": {"p.a"}, "p.a": {"p.sub.b"}, "p.sub": set(), "p.sub.b": {"p.c", "p"}, "p.c": {"p.sub.b"}}
+    assert cycles(g) == [frozenset({"p", "p.a", "p.sub.b", "p.c"})]   # b takes VERSION from p, which imports a
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
+    real = import_graph()
+    assert "nbcnn.cli.common" in real["nbcnn.cli.train"]             # cli/ is nbcnn.cli
+    assert "nbcnn.zoo" in real["nbcnn.cli.loading"]                  # imported inside a function
 
 
 def test_imports_only_go_down_the_layers():
