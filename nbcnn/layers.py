@@ -36,11 +36,13 @@ from .device import is_gpu_array
 from .kernels.cpu import activations as _ak
 from .kernels.geometry import (as_dilation, as_pair, as_stride, check_pool_padding, conv2d_output_hw,
                                pool_output_size, resolve_padding)
+from .ops import shortcut as _shortcut_ops
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dense", "Dropout", "Activation",
     "ReLU", "Tanh", "Sigmoid", "Softmax", "get", "deserialize", "ACTIVATIONS",
     "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "LocalResponseNormalization",
+    "IdentityShortcut",
 ]
 
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
@@ -1082,10 +1084,58 @@ class Softmax(_NamedActivation):
     base_name = "softmax"
 
 
+# ----------------------------------------------------------------------------------------------
+# residual shortcuts
+# ----------------------------------------------------------------------------------------------
+
+class IdentityShortcut(Layer):
+    """The parameter-free shortcut of CIFAR ResNets (He et al. 2016, option A): ``x[:, :, ::s, ::s]``
+    zero-padded to ``filters`` channels (half the new channels before the input's, half after).
+
+    ``IdentityShortcut(32, strides=2)`` joins a 16-channel input to a block that halves the
+    resolution and doubles the width; with ``filters`` = C and ``strides=1`` it is the identity.
+    """
+
+    base_name = "identity_shortcut"
+
+    def __init__(self, filters: int, strides=1, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        for nm, v in (("filters", filters), ("strides", strides)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"IdentityShortcut {nm} must be a positive int, got {v!r}")
+        self.filters, self.strides = int(filters), int(strides)
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"IdentityShortcut {self.name!r} expects per-sample input (C, H, W), "
+                             f"got shape {input_shape}")
+        C, H, W = input_shape
+        if self.filters < C:
+            raise ValueError(f"IdentityShortcut {self.name!r}: filters={self.filters} is fewer than the "
+                             f"input's {C} channels")
+        s = self.strides
+        return (self.filters, (H - 1) // s + 1, (W - 1) // s + 1), []
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = tuple(x.shape) if training else None
+        return _shortcut_ops.shortcut(x, self.strides, self.filters)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        shape, self._cache = self._cache, None
+        return _shortcut_ops.shortcut_backward(gy, shape, self.strides)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+
+
 _REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
                                      ReLU, Tanh, Sigmoid, Softmax)}
 _REGISTRY.update({c.__name__: c for c in (GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization,
                                           LocalResponseNormalization)})
+_REGISTRY["IdentityShortcut"] = IdentityShortcut
 
 
 _REGISTRY.update({c.__name__: c for c in (DepthwiseConv2D, SeparableConv2D, ZeroPadding2D)})
