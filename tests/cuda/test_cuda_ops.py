@@ -15,6 +15,8 @@ import pytest
 
 import nbcnn
 import nbcnn.ops as ops
+from nbcnn import optim
+from nbcnn.ops import shortcut
 from nbcnn.device import cuda_simulator_enabled
 from nbcnn.kernels.cuda import conv as kconv
 from nbcnn.kernels.cuda import pad as kpad
@@ -330,6 +332,11 @@ def test_every_kernel_runs_under_cuda_device():
         ops.avg_pool2d_backward(gp, x, 2)
         ops.global_avg_pool2d_backward(ops.global_avg_pool2d(x), x)
         ops.global_max_pool2d_backward(ops.global_max_pool2d(x), x)
+        shortcut.shortcut_backward(shortcut.shortcut(x, 2, 4), x.shape, 2)
+        p, g = x.reshape(-1).copy(), gy.reshape(-1)
+        for opt in (optim.SGD(0.1, clipnorm=1.0), optim.Adam(0.1), optim.RMSprop(0.1)):  # update kernels
+            opt.setup(p.size, p.dtype)
+            opt.step(p, g, [(0, p.size)])
         return ops.avg_pool2d(x, 2)
 
     with Launches() as n:
