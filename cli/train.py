@@ -12,7 +12,12 @@ initial_batch=)`` continues from.
 ``Ctrl-C`` sets a flag; the current batch finishes, ``model.stop_training``
 ends ``fit``, a checkpoint is written atomically and the command exits with
 code 130. A second ``Ctrl-C`` aborts at once (the checkpoint of the last
-finished epoch is still there).
+finished epoch is still there). ``SIGTERM`` (schedulers, ``docker stop``) is
+handled the same way and exits with code 143.
+
+A run holds ``OUT.lock`` (see ``nbcnn._lockfile``) from before it touches any
+file under ``--out`` until it ends, so a second run with the same ``--out``
+is refused instead of overwriting the first one's checkpoint.
 """
 from __future__ import annotations
 
@@ -47,30 +52,42 @@ SOFT_OPTIONS = ("epochs", "test_size", "no_plot", "workers")
 _INTERRUPT_ENV = "NBCNN_TEST_INTERRUPT_AFTER"
 
 
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells and schedulers expect
+
+
 class _Interrupt:
-    """First Ctrl-C: ask the loop to stop after this batch. Second: abort now."""
+    """First Ctrl-C or SIGTERM: ask the loop to stop after this batch. Second: abort now."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signum = None
+        self._previous = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave the signals alone
+                pass
         return self
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        common.notice("\nStopping after this batch and saving a checkpoint "
+        self.signum = signum
+        what = "Terminated (SIGTERM): stopping" if signum == signal.SIGTERM else "Stopping"
+        common.notice(f"\n{what} after this batch and saving a checkpoint "
                       "(press Ctrl-C again to abort without saving)...")
 
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.signum == signal.SIGTERM else common.EXIT_INTERRUPTED
+
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
         return False
 
 
@@ -221,7 +238,11 @@ def train(ctx, **opts):
     metrics JSON and a training-curve PNG. Ctrl-C saves a checkpoint that
     --resume continues to the same result as an uninterrupted run (CPU, same seed).
     """
-    Trainer(ctx, opts).run()
+    trainer = Trainer(ctx, opts)
+    try:
+        trainer.run()
+    finally:
+        trainer.release()
 
 
 class _CliCallback(Callback):
@@ -353,6 +374,20 @@ class Trainer:
         if not os.access(folder, os.W_OK):
             raise common.UserError(f"cannot write the model to {folder}: permission denied (pass --out PATH)")
         self.verbose = not opts["quiet"] and self.is_root
+        self.lock = None
+        if self.is_root:  # before any file under --out is read for replacement or written
+            from nbcnn._lockfile import LockHeld, PathLock
+
+            try:
+                self.lock = PathLock(self.paths["model"], what="nbcnn train").acquire()
+            except LockHeld as exc:
+                h = exc.holder
+                raise common.UserError(
+                    f"another `nbcnn train` (pid {h.get('pid', '?')} on {h.get('host', '?')}) is writing "
+                    f"{self.paths['model']}; wait for it or pass another --out (lock: {exc.path})") from None
+            except OSError as exc:
+                raise common.UserError(f"cannot create the lock file {self.paths['model']}.lock: "
+                                       f"{exc.strerror or exc}") from None
         ck = self.paths["checkpoint"]
         if self.is_root and ck.exists() and (opts["resume"] is None or Path(opts["resume"]).resolve() != ck.resolve()):
             common.notice(f"Notice: {ck} (an interrupted run) will be replaced; to continue that run instead: "
@@ -365,6 +400,11 @@ class Trainer:
                             "epoch_time_s": [], "images_per_s": []}
             self.elapsed_before = 0.0
         self.t_start = time.perf_counter()
+
+    def release(self):
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
 
     def say(self, text=""):
         if self.verbose:
@@ -409,8 +449,13 @@ class Trainer:
             epoch, batch = 0, 0
         self.model = model
         self._banner(model, epoch, batch, steps)
-        if epoch >= o["epochs"]:
-            self.say(f"Already trained for {epoch} epochs; pass --epochs N (N > {epoch}) to train longer.")
+        if epoch >= o["epochs"] and not (epoch == o["epochs"] and self._resuming_checkpoint()):
+            # A finished model (or a checkpoint past --epochs): nothing to train, nothing is rewritten.
+            common.echo(f"Already trained for {epoch} epochs; nothing to do (files left as they are). "
+                        f"Pass --epochs N (N > {epoch}) to train longer.")
+            return
+        if self.state is not None:
+            self._check_schedule_left(model, epoch, batch, steps)
         source = self._augmented_source() if o["augment"] else None
         try:
             with _Interrupt() as stop:
@@ -429,7 +474,8 @@ class Trainer:
                     prog = model.progress
                     if int(prog.get("epoch", 0)) < o["epochs"]:
                         self._checkpoint()
-                        return self._stopped(int(prog["epoch"]), int(prog.get("batch", 0)), steps)
+                        return self._stopped(int(prog["epoch"]), int(prog.get("batch", 0)), steps,
+                                             stop.exit_code)
         except FloatingPointError as exc:
             raise common.UserError(f"{exc} (now --lr {o['lr']})") from None
         finally:
@@ -521,13 +567,39 @@ class Trainer:
             return
         self.model.save(self.paths["checkpoint"], metadata=self._metadata())
 
-    def _stopped(self, epoch, batch, steps):
+    def _resuming_checkpoint(self) -> bool:
+        resume = self.opts.get("resume")
+        return resume is not None and Path(resume).resolve() == self.paths["checkpoint"].resolve()
+
+    def _check_schedule_left(self, model, epoch, batch, steps):
+        """Refuse to train on when the saved learning-rate schedule has reached 0 for good (a finished
+        cosine run): every further step would leave the weights as they are."""
+        opt = getattr(model, "optimizer", None)
+        sched = getattr(opt, "lr", None)
+        if opt is None or not callable(sched):
+            return
+        first = int(getattr(opt, "iterations", 0))
+        left = max(1, (self.opts["epochs"] - epoch) * steps - batch)
+        probes = {first + (left - 1) * k // 32 for k in range(33)}
+        try:
+            if any(float(sched(i)) != 0.0 for i in probes):
+                return
+        except (TypeError, ValueError):
+            return
+        decay = getattr(sched, "decay_steps", None)
+        ended = f" at epoch {-(-int(decay) // steps)}" if decay else ""
+        raise common.UserError(
+            f"the learning-rate schedule of {self.opts['resume']} ended{ended} with rate 0, so epochs "
+            f"{epoch + 1}-{self.opts['epochs']} would not change the weights; train a new model with "
+            f"--epochs {self.opts['epochs']} or fine-tune this one with `nbcnn transfer` (files left as they are)")
+
+    def _stopped(self, epoch, batch, steps, code=common.EXIT_INTERRUPTED):
         ck = self.paths["checkpoint"]
         where = f"epoch {epoch + 1} after batch {batch}/{steps}" if batch else f"the end of epoch {epoch}"
         if self.is_root:
             common.notice(f"Stopped at {where}. Checkpoint: {ck}")
             common.notice(f"Resume with: nbcnn train --resume {ck}")
-        raise click.exceptions.Exit(common.EXIT_INTERRUPTED)
+        raise click.exceptions.Exit(code)
 
     def _finish(self, model):
         o = self.opts

@@ -163,12 +163,14 @@ def test_resume_a_finished_model_for_more_epochs(runner, tmp_path):
     assert _same_weights(tmp_path / "two.nbcnn", longer)
 
 
-def test_resume_past_a_cosine_schedule_warns(runner, trained, tmp_path):
+def test_resume_past_a_finished_cosine_schedule_is_refused(runner, trained, tmp_path):
+    """The cosine rate reached 0 at the end of the run: more epochs would not change the weights."""
     path, _ = trained  # 1 epoch, cosine decay over that epoch
-    res = runner.invoke(cli, ["train", "--resume", str(path), "--epochs", "2", "--out", str(tmp_path / "x.nbcnn"),
-                              "--no-plot"])
-    assert res.exit_code == 0, res.output
-    assert "the learning-rate schedule of this run ends at epoch 1; epochs 2-2 train with its final rate" in res.output
+    before = path.read_bytes()
+    res = runner.invoke(cli, ["train", "--resume", str(path), "--epochs", "2", "--no-plot"])
+    assert res.exit_code == 1, res.output
+    assert "ended at epoch 1 with rate 0, so epochs 2-2 would not change the weights" in res.output
+    assert path.read_bytes() == before and not path.with_name("m.ckpt.nbcnn").exists()
 
 
 def test_train_on_the_bundled_sample_with_a_notice(runner, tmp_path, monkeypatch):
