@@ -19,6 +19,7 @@ from nbcnn import optim
 from nbcnn.ops import shortcut
 from nbcnn.device import cuda_simulator_enabled
 from nbcnn.kernels.cuda import conv as kconv
+from nbcnn.kernels.cuda import norm as knorm  # noqa: F401  (batch norm / LRN kernels, in the tour below)
 from nbcnn.kernels.cuda import pad as kpad
 from nbcnn.kernels.cuda import pool as kpool
 from nbcnn.kernels.cuda import runtime
@@ -337,6 +338,12 @@ def test_every_kernel_runs_under_cuda_device():
         for opt in (optim.SGD(0.1, clipnorm=1.0), optim.Adam(0.1), optim.RMSprop(0.1)):  # update kernels
             opt.setup(p.size, p.dtype)
             opt.step(p, g, [(0, p.size)])
+        g1, rm, rv = (nbcnn.to_device(np.full(2, v, np.float32)) for v in (1, 0, 1))
+        ops.batch_norm(x, g1, g1, rm, rv, training=True)
+        ops.batch_norm(x, g1, g1, rm, rv, training=False)
+        ops.batch_norm_backward(gy, x, g1)
+        ops.lrn_backward(gy, x, 3)
+        ops.lrn(x, 3)
         return ops.avg_pool2d(x, 2)
 
     with Launches() as n:
