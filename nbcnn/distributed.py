@@ -47,7 +47,7 @@ __all__ = ["Communicator", "DistributedError", "init", "allreduce_mean", "allred
            "ShardedBatches", "single_process"]
 
 DEFAULT_TIMEOUT_S = 30.0
-BUCKET_BYTES = 1 << 20     # ~1 MiB buckets: a few per LeNet/ResNet-20, large enough for bandwidth
+BUCKET_BYTES = 1 << 18     # 256 KiB buckets: several per ResNet-20, large enough for the link bandwidth
 _WATCH_S = 0.25            # how often the watchdog looks at the peers during a collective
 
 
