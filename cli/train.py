@@ -226,6 +226,8 @@ EPILOG = common.examples(
 @click.option("--distributed", is_flag=True,
               help="Data-parallel training over MPI: run as `mpiexec -n K nbcnn train --distributed ...`; "
                    "--batch-size is per rank, rank 0 writes the files.")
+@click.option("--sync-batchnorm", is_flag=True,
+              help="With --distributed: batch norm uses the global batch's statistics (default: each rank's).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final result (no epoch lines, no progress bar).")
 @common.verbose_option
 @click.pass_context
@@ -297,10 +299,12 @@ class _CliCallback(Callback):
 def _distributed_comm(opts):
     """The MPI communicator for ``--distributed`` (None without it); a clear error without MPI."""
     if not opts.get("distributed"):
+        if opts.get("sync_batchnorm"):
+            raise common.UserError("--sync-batchnorm needs --distributed")
         return None
     try:
         from nbcnn import distributed
-        comm = distributed.init()
+        comm = distributed.init(sync_batchnorm=bool(opts.get("sync_batchnorm")))
     except ImportError as exc:
         raise common.UserError(str(exc)) from None
     if comm.size == 1:

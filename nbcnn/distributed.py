@@ -112,6 +112,7 @@ class Communicator:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
         self.timeout = float(timeout)
         self.sync_batchnorm = bool(sync_batchnorm)
+        self.step_weight = 1.0 / self.size
         self._busy: tuple | None = None  # (what, since) while inside a collective
         # time spent waiting for the gradient allreduce after backward, and steps (benchmarks)
         self.stats = {"allreduce_wait_s": 0.0, "steps": 0}
@@ -252,6 +253,7 @@ class SingleProcess(Communicator):
         self.rank, self.size = 0, 1
         self.timeout = DEFAULT_TIMEOUT_S
         self.sync_batchnorm = bool(sync_batchnorm)
+        self.step_weight = 1.0
         self._busy = None
         self._lock = threading.Lock()
         self._watchdog = None
@@ -325,13 +327,84 @@ def allreduce_moments(comm, count, total, total_sq):
     return n, mean, var
 
 
+def sync_batch_norm_forward(layer, x, comm):
+    """Training-mode batch norm of ``layer`` with the statistics of the global batch.
+
+    The per-channel sums come from nbcnn's own batch-norm kernels run in inference mode
+    (with zero mean and unit variance their gradients are ``sum(x*x)`` and ``sum(x)``), one
+    allreduce makes them global, and the normalisation is the inference kernel with the global
+    mean and variance. Moving statistics are updated with them (Keras momentum).
+    """
+    from . import ops
+
+    xp = ops.array_module(x)
+    dt = x.dtype
+    C = x.shape[1]
+    eps = layer.epsilon
+    zero, one = xp.zeros(C, dt), xp.full(C, 1.0 - eps, dt)
+    _, sq, s = ops.batch_norm_backward(x, x, None, eps=eps, training=False, running_mean=zero, running_var=one)
+    n_local = x.size // C
+    host = np.empty(2 * C + 1, np.float64)
+    host[0] = n_local
+    host[1:C + 1] = _to_host(s)
+    host[C + 1:] = _to_host(sq)
+    comm.allreduce_(host, "synchronised batch norm")
+    n = host[0]
+    mean = host[1:C + 1] / n
+    var = np.maximum(host[C + 1:] / n - mean * mean, 0.0)
+    mean_d, var_d = _from_host(mean.astype(dt), x), _from_host(var.astype(dt), x)
+    g, b = layer._gamma_beta()
+    y = ops.batch_norm(x, g, b, mean_d, var_d, training=False, eps=eps)
+    mm, mv = layer.state
+    m = dt.type(layer.momentum)
+    mm *= m
+    mm += (1 - m) * mean_d
+    mv *= m
+    mv += (1 - m) * _from_host((var * (n / max(n - 1, 1))).astype(dt), x)
+    layer._ctx["sync"] = (mean, var, mean_d, var_d, n_local, comm)
+    return y
+
+
+def sync_batch_norm_backward(layer, gy, x):
+    """Gradients of :func:`sync_batch_norm_forward`: ``gamma * invstd * (gy - mean(gy) -
+    xhat * mean(gy * xhat))`` with the means over the global batch (weighted by each rank's share
+    of it, as the gradients are), from one allreduce of the per-channel ``sum(gy)`` and
+    ``sum(gy * xhat)``; both sums and ``gamma * invstd * gy`` come from the inference-mode
+    backward kernel, the correction (affine in x per channel) from the inference-mode forward."""
+    from . import ops
+
+    mean, var, mean_d, var_d, n_local, comm = layer._ctx.pop("sync")
+    xp = ops.array_module(x)
+    dt = x.dtype
+    C = x.shape[1]
+    eps = layer.epsilon
+    g, _ = layer._gamma_beta()
+    gx, ggamma, gbeta = ops.batch_norm_backward(gy, x, g, eps=eps, training=False, running_mean=mean_d,
+                                                running_var=var_d)
+    w = comm.step_weight
+    host = np.empty(2 * C, np.float64)
+    host[:C] = _to_host(gbeta) * w
+    host[C:] = _to_host(ggamma) * w
+    comm.allreduce_(host, "synchronised batch norm")
+    s1, s2 = host[:C] / n_local, host[C:] / n_local
+    invstd = 1.0 / np.sqrt(var + eps)
+    gamma = np.ones(C) if g is None else _to_host(g).astype(np.float64)
+    a = gamma * invstd * invstd * s2
+    b = gamma * invstd * (s1 - mean * invstd * s2)
+    zero, one = xp.zeros(C, dt), xp.full(C, 1.0 - eps, dt)
+    corr = ops.batch_norm(x, _from_host(a.astype(dt), x), _from_host(b.astype(dt), x), zero, one,
+                          training=False, eps=eps)
+    gx -= corr
+    return gx, ggamma, gbeta
+
+
 def _to_host(a):
     return a if isinstance(a, np.ndarray) else np.ascontiguousarray(a.get())
 
 
 def _from_host(host, like):
     if isinstance(like, np.ndarray):
-        return host
+        return np.ascontiguousarray(host)
     import cupy
 
     return cupy.asarray(host)
@@ -433,6 +506,7 @@ class GradientReducer:
     def begin(self, local: int, total: int):
         """Start a step whose slice has ``local`` of the global batch's ``total`` samples."""
         self.weight = local / total if total else 0.0
+        self.comm.step_weight = self.weight  # synchronised batch norm weights its gradient sums with it
         self._next = 0
         self._pending = []
 
@@ -603,6 +677,9 @@ class FitSession:
     def step(self, model, xb, yb):
         """One training step of this rank's slice: returns ``(loss, correct, n)`` of the global batch."""
         local, total = self.sharded.local, self.sharded.total
+        if self.comm.sync_batchnorm and total < self.comm.size:
+            raise DistributedError(f"synchronised batch norm needs at least one image per rank in every batch; "
+                                   f"a batch of {total} images cannot be split over {self.comm.size} ranks")
         if local:
             self.reducer.begin(local, total)
             model._grad_hook = self.reducer

@@ -732,6 +732,9 @@ class BatchNormalization(Layer):
 
     state_names = ("moving_mean", "moving_variance")
     base_name = "batch_normalization"
+    # distributed fit with synchronised batch norm sets this to the communicator: the batch
+    # statistics are then the global batch's (nbcnn.distributed.sync_batch_norm_forward)
+    sync_stats = None
 
     def __init__(self, axis=1, momentum=0.99, epsilon=1e-3, center=True, scale=True, name=None,
                  trainable=True, input_shape=None):
@@ -789,8 +792,13 @@ class BatchNormalization(Layer):
             raise TypeError(f"layer {self.name!r}: input dtype {x.dtype} differs from its moving statistics' "
                             f"{mean.dtype}")
         self._batch_stats = bool(training and self.trainable)
-        y = ops.batch_norm(x, g, b, mean, var, training=self._batch_stats, momentum=1.0 - self.momentum,
-                           eps=self.epsilon, ctx=self._ctx if training else None)
+        if self._batch_stats and self.sync_stats is not None:
+            from .distributed import sync_batch_norm_forward
+
+            y = sync_batch_norm_forward(self, x, self.sync_stats)
+        else:
+            y = ops.batch_norm(x, g, b, mean, var, training=self._batch_stats, momentum=1.0 - self.momentum,
+                               eps=self.epsilon, ctx=self._ctx if training else None)
         self._cache = x if training else None
         return y
 
@@ -799,9 +807,14 @@ class BatchNormalization(Layer):
             raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
         x, self._cache = self._cache, None
         g, _ = self._gamma_beta()
-        gx, gg, gb = ops.batch_norm_backward(gy, x, g, eps=self.epsilon, training=self._batch_stats,
-                                             running_mean=self.state[0], running_var=self.state[1],
-                                             ctx=self._ctx)
+        if "sync" in self._ctx:
+            from .distributed import sync_batch_norm_backward
+
+            gx, gg, gb = sync_batch_norm_backward(self, gy, x)
+        else:
+            gx, gg, gb = ops.batch_norm_backward(gy, x, g, eps=self.epsilon, training=self._batch_stats,
+                                                 running_mean=self.state[0], running_var=self.state[1],
+                                                 ctx=self._ctx)
         if self.trainable:
             i = 0
             if self.scale:

@@ -67,6 +67,30 @@ def uneven(comm, out):
         np.save(os.path.join(out, "single.npy"), ref._flat)
 
 
+def _bn_model(seed=2):
+    nbcnn.seed(seed)
+    m = nbcnn.Sequential([L.Conv2D(4, 3, input_shape=(1, 12, 12)), L.BatchNormalization(momentum=0.9),
+                          L.Activation("relu"), L.MaxPool2D(2), L.Flatten(), L.Dense(10)])
+    m.compile(optimizer=optim.SGD(0.05, momentum=0.9))
+    return m
+
+
+def syncbn(comm, out):
+    """Batch norm: per-rank statistics (default) and synchronised ones, against one process."""
+    x, y = _tiny_data(192)
+    runs = {}
+    for name, sync in (("perrank", False), ("sync", True)):
+        c = distributed.init(sync_batchnorm=sync)
+        m = _bn_model()
+        m.fit(x, y, epochs=2, batch_size=16, distributed=c, verbose=0)
+        runs[name] = np.concatenate([w.ravel() for w in m.get_weights()])
+    if comm.is_root:
+        ref = _bn_model()
+        ref.fit(x, y, epochs=2, batch_size=16 * comm.size, verbose=0)
+        runs["single"] = np.concatenate([w.ravel() for w in ref.get_weights()])
+        np.savez(os.path.join(out, "bn.npz"), **runs)
+
+
 def broadcast(comm, out):
     """Ranks start from different weights and optimiser state; fit must start from rank 0's."""
     m = _tiny(0)

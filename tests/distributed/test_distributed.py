@@ -34,6 +34,15 @@ def test_uneven_batches_weight_the_slices(run_worker, tmp_path):
     assert _rel(np.load(tmp_path / "dist.npy"), np.load(tmp_path / "single.npy")) <= 1e-4
 
 
+def test_synchronised_batch_norm_follows_one_process(run_worker, tmp_path):
+    """With sync_batchnorm the 2 ranks normalise with the global batch's statistics and match one
+    process (weights and moving statistics); per-rank statistics (the default) do not."""
+    _ok(run_worker(2, "syncbn", timeout=240))
+    r = np.load(tmp_path / "bn.npz")
+    assert _rel(r["sync"], r["single"]) <= 1e-4
+    assert _rel(r["perrank"], r["single"]) > 1e-3
+
+
 def test_fit_starts_from_rank0_weights_and_optimizer_state(run_worker, tmp_path):
     _ok(run_worker(3, "broadcast"))
     w = np.load(tmp_path / "weights.npy")
