@@ -41,7 +41,7 @@ def augment(dataset, data_dir, spec, copies, no_original, limit, seed, out_dir, 
     """Write an augmented training set (originals + COPIES distorted copies; the test set
     unchanged) as gzipped IDX files that `nbcnn train --data-dir OUT` reads.
 
-    SPEC keys: rotate, scale, shear, translate, crop, mirror, vflip, color, noise.
+    SPEC keys: rotate, scale, shear, translate, crop, mirror, vflip, color, jitter, cutout, noise.
     """
     from nbcnn import augment as A
 

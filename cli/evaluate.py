@@ -65,12 +65,14 @@ def format_table(rows) -> str:
 @click.command(epilog=common.examples(
     "nbcnn evaluate lenet5-mnist.nbcnn",
     "nbcnn evaluate fashion.nbcnn --dataset fashion-mnist --plot cm.png",
-    "nbcnn evaluate lenet5-mnist.nbcnn --limit 1000 --json metrics.json --no-plot"))
+    "nbcnn evaluate lenet5-mnist.nbcnn --limit 1000 --json metrics.json --no-plot",
+    "nbcnn evaluate small_cnn-photos.nbcnn --data-dir photos/   # per-class table of a folder of images"))
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--dataset", type=click.Choice(loading.DATASETS, case_sensitive=False), default=None,
               help="Data set to evaluate on (default: the one the model was trained on, else mnist).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the IDX files (default: NBCNN_DATA, the cache, a download, the bundled sample).")
+              help="Folder with the IDX files or CIFAR batches (default: NBCNN_DATA, the cache, a download, the "
+                   "bundled sample), or with images in class sub-folders (its test/ or val/ split, else all).")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -89,7 +91,20 @@ def evaluate(model_path, dataset, data_dir, split, limit, batch_size, plot_path,
     model = loading.load_model_file(model_path, device)
     meta = loading.model_metadata(model)
     dataset = (dataset or meta.get("dataset") or "mnist").lower()
-    (x_tr, y_tr), (x_te, y_te), info = loading.load_dataset(dataset, data_dir)
+    if loading.data_kind(dataset, data_dir) == "folder":
+        # users' images: decoded to the model's input, labelled by the model's class names
+        if data_dir is None:
+            raise common.UserError(f"{model_path} was trained on a folder of images: pass --data-dir DIR "
+                                   "(class sub-folders, or a train/ + test/ tree)")
+        shape = loading.model_input_shape(model)
+        dataset = "folder"
+        (x_tr, y_tr), (x_te, y_te), info = loading.load_folder(
+            data_dir, image_size=list(shape[1:]) if shape else None,
+            color="grayscale" if shape and shape[0] == 1 else "rgb",
+            class_names=meta.get("class_names") or None, whole=True)
+        x_te = loading.in_memory(x_te)
+    else:
+        (x_tr, y_tr), (x_te, y_te), info = loading.load_dataset(dataset, data_dir)
     x, y = (x_te, y_te) if split == "test" else (x_tr, y_tr)
     x = loading.as_nchw_uint8(x)
     y = np.asarray(y).astype(np.int64)

@@ -13,15 +13,16 @@ import numpy as np
 
 from .common import UserError, notice
 
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100")
+CIFAR = ("cifar10", "cifar100")
 
 
 
 def dataset_classes(name: str) -> list[str] | None:
-    """Class names of a data set, from ``nbcnn.datasets``."""
-    from nbcnn import datasets
+    """Class names of a data set, from ``nbcnn.datasets`` / ``nbcnn.cifar``."""
+    from nbcnn import cifar, datasets
 
-    spec = datasets.DATASETS.get(name)
+    spec = datasets.DATASETS.get(name) or cifar.CIFAR.get(name or "")
     return list(spec["classes"]) if spec and spec.get("classes") else None
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -153,32 +154,213 @@ def class_names_for(model, num_classes: int | None = None, dataset: str | None =
 
 # ------------------------------------------------------------------ data sets
 
-def load_dataset(name: str, data_dir=None):
+def data_kind(name: str, data_dir=None) -> str:
+    """What ``--dataset`` / ``--data-dir`` point at: ``"idx"`` (MNIST-style files), ``"cifar10"``,
+    ``"cifar100"`` or ``"folder"`` (class sub-folders of images)."""
+    from nbcnn import cifar, datasets, imagefolder
+
+    key = (name or "mnist").strip().lower().replace("_", "-")
+    if key == "folder":
+        return "folder"
+    if data_dir is None:
+        return key.replace("-", "") if key.replace("-", "") in CIFAR else "idx"
+    d = Path(data_dir)
+    if not d.exists():
+        raise UserError(f"data folder not found: {d}")
+    if not d.is_dir():
+        raise UserError(f"--data-dir must be a folder, got a file: {d}")
+    if key.replace("-", "") in CIFAR:
+        return key.replace("-", "")
+    if key in datasets.DATASETS and datasets.find_dataset(key, d) is not None:
+        return "idx"
+    for c in CIFAR:
+        if cifar.find_cifar(c, d) is not None:
+            return c
+    if any(datasets.find_dataset(k, d) for k in datasets.DATASETS):
+        return "idx"
+    lay = imagefolder.detect_layout(d)
+    root = lay["train"] if lay["kind"] == "split" else lay["root"]
+    if lay["kind"] == "split" or any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return "folder"  # class sub-folders (their own errors name what is wrong inside)
+    return "idx"  # nothing else there: the IDX reader's error says what it looked for
+
+
+def fixed_input_size(model: str):
+    """``[H, W]`` of a zoo model made for one input size (AlexNet, VGG-16/19), else None."""
+    import inspect
+
+    from nbcnn import zoo
+
+    fn = getattr(zoo, normalise_zoo_name(model), None)
+    try:
+        shape = inspect.signature(fn).parameters["input_shape"].default
+    except (TypeError, ValueError, KeyError):
+        return None
+    if normalise_zoo_name(model) in ("alexnet", "vgg16", "vgg19") and shape is not inspect.Parameter.empty:
+        return list(shape[1:])
+    return None
+
+
+def default_model(kind: str) -> str:
+    """The model ``nbcnn train`` builds when ``--model`` is not given."""
+    return "lenet5" if kind == "idx" else "small_cnn"
+
+
+def load_dataset(name: str, data_dir=None, **folder_opts):
     """``(x_train, y_train), (x_test, y_test), info`` for a named data set.
 
     ``info`` says where the data came from (``nbcnn.datasets.last_source``);
     when the library falls back to the bundled MNIST sample it prints its own
-    one-line notice on stderr.
+    one-line notice on stderr. CIFAR and image folders add ``class_names``
+    (and a folder with a ``val/`` split ``validation``); see :func:`load_folder`.
     """
     from nbcnn import datasets
 
+    kind = data_kind(name, data_dir)
+    if kind == "folder":
+        return load_folder(data_dir, **folder_opts)
+    if kind in CIFAR:
+        return load_cifar(kind, data_dir)
     key = name.strip().lower().replace("_", "-")
-    if key not in DATASETS:
+    if key not in datasets.DATASETS:
         raise UserError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
-    if data_dir is not None:
-        d = Path(data_dir)
-        if not d.exists():
-            raise UserError(f"data folder not found: {d}")
     try:
         (x_train, y_train), (x_test, y_test) = datasets.load_dataset(key, path=data_dir)
     except (ValueError, OSError) as exc:
-        raise UserError(" ".join(str(exc).split())) from exc
+        hint = ("; or CIFAR binary batches, or images in one sub-folder per class"
+                if data_dir is not None else "")
+        raise UserError(" ".join(str(exc).split()) + hint) from exc
     src = dict(getattr(datasets, "last_source", {}) or {})
     info = {"dataset": key, "train_size": int(len(x_train)), "test_size": int(len(x_test)),
             "bundled_sample": src.get("source") == "sample", "source": src.get("source"),
             "location": src.get("location")}
     info["group_size"] = read_augment_info(src.get("location")).get("group_size", 1)
     return (x_train, y_train), (x_test, y_test), info
+
+
+def load_cifar(kind: str, data_dir=None):
+    from nbcnn import cifar
+
+    try:
+        tr, te, names = cifar.load_cifar(kind, data_dir)
+    except (ValueError, OSError) as exc:
+        raise UserError(" ".join(str(exc).split())) from exc
+    where = cifar.find_cifar(kind, data_dir)
+    info = {"dataset": kind, "kind": kind, "train_size": int(len(tr[0])), "test_size": int(len(te[0])),
+            "bundled_sample": False, "source": "path" if data_dir is not None else "cache",
+            "location": str(where) if where else None, "group_size": 1, "class_names": names}
+    return tr, te, info
+
+
+def _folder_set(path, class_names, opts, what):
+    import warnings
+
+    from nbcnn import imagefolder
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = imagefolder.image_folder(path, image_size=opts.get("image_size"),
+                                          color_mode=opts.get("color") or "rgb", class_names=class_names,
+                                          strict=bool(opts.get("strict")), in_memory=opts.get("in_memory"),
+                                          workers=opts.get("workers"))
+        except (ValueError, OSError) as exc:
+            raise UserError(" ".join(str(exc).split())) from exc
+    for w in caught:
+        notice(f"Warning: {w.message}" + ("" if opts.get("strict") else " (--strict makes this an error)"))
+    return ds
+
+
+def load_folder(data_dir, image_size=None, color=None, seed=0, val_split=None, test_split=None, strict=False,
+                in_memory=None, workers=None, class_names=None, whole=False):
+    """Users' images: ``DIR/train`` + ``DIR/test`` (or ``val``), or one level of class folders split by
+    ``test_split`` (default 0.2) and seeded. The training set comes back shuffled (seed) so that the
+    trainer's tail validation cut is a random sample; ``x`` is an array or a streamed ImageArray.
+    ``whole``: the folder is one evaluation set (``evaluate``); it comes back as the test split."""
+    from nbcnn import imagefolder
+
+    d = Path(data_dir)
+    lay = imagefolder.detect_layout(d)
+    opts = {"image_size": image_size, "color": color, "strict": strict, "in_memory": in_memory,
+            "workers": workers}
+    val = None
+    if whole:
+        root = (lay["test"] or lay["val"]) if lay["kind"] == "split" else lay["root"]
+        test = _folder_set(root, class_names, opts, "test")
+        train = None
+    elif lay["kind"] == "split":
+        if test_split:
+            raise UserError(f"--test-split does not apply: {d} has its own "
+                            f"{(lay['test'] or lay['val']).name}/ folder")
+        train = _folder_set(lay["train"], class_names, opts, "train")
+        opts["image_size"] = train.image_shape[1:]
+        names = train.class_names
+        test = _folder_set(lay["test"] or lay["val"], names, opts, "test")
+        if lay["test"] is not None and lay["val"] is not None:
+            val = _folder_set(lay["val"], names, opts, "validation")
+    else:
+        full = _folder_set(lay["root"], class_names, opts, "train")
+        frac = 0.2 if test_split is None else float(test_split)
+        if frac > 0:
+            train, test = full.split(frac, seed=seed)
+            if test.num_images == 0:
+                raise UserError(f"--test-split {frac:g} leaves no test images out of {full.num_images} in {d}")
+        else:
+            train, test = full, full.subset(np.arange(0))
+    ref = train if train is not None else test
+    info = {"dataset": "folder", "kind": "folder", "bundled_sample": False, "source": "path",
+            "location": str(d), "group_size": 1, "class_names": ref.class_names,
+            "image_size": list(ref.image_shape[1:]), "color": "grayscale" if ref.image_shape[0] == 1 else "rgb",
+            "layout": lay["kind"], "streaming": ref.streaming,
+            "skipped": sum(len(s.skipped) for s in (train, test, val) if s is not None)}
+    if val is not None:
+        info["validation"] = (val.x, val.y)
+    if train is None:
+        return (test.x[:0], test.y[:0]), (test.x, test.y), info
+    order = np.random.default_rng(np.random.SeedSequence(int(seed or 0), spawn_key=(11,))).permutation(
+        train.num_images)
+    x_tr = train.x.view(order) if train.streaming else train.x[order]
+    info["train_size"], info["test_size"] = train.num_images, test.num_images
+    return (x_tr, train.y[order]), (test.x, test.y), info
+
+
+def with_input_normalization(model, x_train, device=None):
+    """``model`` with a Normalization layer in front, adapted to ``x_train`` (one pass): the model
+    file then holds the whole input transform and takes raw images (uint8 -> [0, 1] -> standardised)."""
+    import nbcnn
+    from nbcnn import layers as L
+
+    shape = model_input_shape(model)
+    norm = L.Normalization(input_shape=shape, name="input_normalization").adapt(x_train)
+    first = model.layers[0]
+    first._input_shape = None  # the new first layer carries the input shape
+    return nbcnn.Sequential([norm, *model.layers], device=device or model.device, name=model.name,
+                            seed=model.seed)
+
+
+def is_streamed(x) -> bool:
+    """A training set read from the image cache batch by batch (too large to hold in memory)."""
+    from nbcnn.imagefolder import ImageArray
+
+    return isinstance(x, ImageArray)
+
+
+def in_memory(x):
+    """Validation and test sets are evaluated from memory (a streamed one is read whole)."""
+    return np.asarray(x) if is_streamed(x) else x
+
+
+def describe_classes(names, splits: dict, limit: int = 20) -> list[str]:
+    """Lines naming the classes and the images per class in each split."""
+    lines = [f"{len(names)} classes: " + ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")]
+    if len(names) <= limit:
+        w = max(5, max(len(n) for n in names))
+        cols = [k for k, y in splits.items() if y is not None and len(y)]
+        lines.append(f"  {'class':<{w}}" + "".join(f"  {c:>10}" for c in cols))
+        counts = {k: np.bincount(np.asarray(splits[k], np.int64), minlength=len(names)) for k in cols}
+        for i, n in enumerate(names):
+            lines.append(f"  {n:<{w}}" + "".join(f"  {int(counts[c][i]):>10,}" for c in cols))
+    return lines
 
 
 AUGMENT_INFO = "augment.json"
@@ -210,6 +392,8 @@ def read_augment_info(location) -> dict:
 
 
 def as_nchw_uint8(x: np.ndarray) -> np.ndarray:
+    if is_streamed(x):
+        return x
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[:, None]

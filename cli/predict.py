@@ -36,6 +36,8 @@ def predict(model_path, inputs, top_k, as_json, invert, device, batch_size):
     """
     model = loading.load_model_file(model_path, device)
     shape = loading.model_input_shape(model)
+    if invert == "auto" and loading.model_metadata(model).get("dataset") not in (None, "mnist", "fashion-mnist"):
+        invert = "no"  # photos and CIFAR: images are used as they are
     chunks = loading.read_inputs(inputs, shape, invert=invert)
     if all(is_px for _, _, is_px in chunks):
         x = np.concatenate([a for _, a, _ in chunks])  # uint8: the model scales it like in training

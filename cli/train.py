@@ -1,4 +1,7 @@
-"""``nbcnn train``: train a zoo model on MNIST / Fashion-MNIST, resumably.
+"""``nbcnn train``: train a zoo model on MNIST / Fashion-MNIST, CIFAR or a folder of images, resumably.
+
+Where the data comes from and how it is shaped (image folders, CIFAR, their
+class names) is :mod:`cli.loading`'s business; this module runs the training.
 
 Training runs through ``Sequential.fit`` (the library's own loop) with a
 CLI callback that draws the progress bar, prints a line per epoch and writes
@@ -43,7 +46,7 @@ LENET5_DEFAULTS = {"activation": "relu", "pooling": "max"}
 
 # Options that define the run: a resumed run must use the same values.
 RUN_OPTIONS = ("model", "activation", "pooling", "dataset", "batch_size", "optimizer", "lr", "schedule",
-               "momentum", "seed", "val_split", "train_size", "augment")
+               "momentum", "seed", "val_split", "train_size", "augment", "image_size", "color", "test_split")
 # Options a resumed run takes from the checkpoint unless given again (they do not change the weights).
 SOFT_OPTIONS = ("epochs", "test_size", "no_plot", "workers")
 
@@ -136,7 +139,7 @@ def _differs(a, b) -> bool:
     return a != b
 
 
-def _build_model(opts, input_shape, num_classes, device, steps_per_epoch):
+def _build_model(opts, input_shape, num_classes, device, steps_per_epoch, adapt_data=None):
     import nbcnn
 
     nbcnn.seed(opts["seed"])
@@ -155,6 +158,8 @@ def _build_model(opts, input_shape, num_classes, device, steps_per_epoch):
         raise common.UserError(
             f"model {opts['model']} takes inputs of shape {tuple(shape)} but {opts['dataset']} images are "
             f"{tuple(input_shape)}; pick a model for {input_shape[1]}x{input_shape[2]} images (e.g. lenet5)")
+    if adapt_data is not None:  # colour data: per-channel normalisation inside the model
+        model = loading.with_input_normalization(model, adapt_data, device)
     if getattr(model, "device", device) != device and hasattr(model, "to"):
         model.to(device)
     from nbcnn import optim
@@ -192,7 +197,18 @@ EPILOG = common.examples(
 @click.option("--dataset", type=click.Choice(loading.DATASETS, case_sensitive=False), default="mnist",
               show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the data set's IDX files, e.g. one written by `nbcnn augment`.")
+              help="Folder with the data: IDX files (e.g. written by `nbcnn augment`), CIFAR binary batches, "
+                   "or images in one sub-folder per class (train/ + test/ or val/, or one level).")
+@click.option("--image-size", type=click.IntRange(min=1, max=4096), nargs=2, default=None, metavar="H W",
+              callback=lambda ctx, p, v: list(v) if v else None,
+              help="Resize folder images to H x W [default: the model's input, else the median size].")
+@click.option("--color", type=click.Choice(["rgb", "grayscale"]), default=None,
+              help="Channels for folder images [default: rgb; the model's for a resumed run].")
+@click.option("--test-split", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="One level of class folders: the fraction of every class held out for the test "
+                   "accuracy (seeded) [default: 0.2].")
+@click.option("--strict", is_flag=True, help="An unreadable image file is an error (default: skipped, "
+                                             "with a warning).")
 @click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
@@ -214,7 +230,7 @@ EPILOG = common.examples(
               help="Use only the first N test images for the final accuracy.")
 @click.option("--augment", default=None, metavar="SPEC",
               help="Online augmentation, e.g. rotate=10,crop=2,noise=0.05; keys: rotate, scale, shear, "
-                   "translate, crop, mirror, vflip, color, noise.")
+                   "translate, crop, mirror, vflip, color, jitter, cutout, noise.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Worker processes for --augment (0 = in this process).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -351,6 +367,11 @@ class Trainer:
         if self.comm is not None and opts["batch_size"] % self.comm.size:
             raise common.UserError(f"the checkpoint's global batch {opts['batch_size']} does not split over "
                                    f"{self.comm.size} ranks; resume with a number of ranks that divides it")
+        kind = loading.data_kind(opts["dataset"], opts["data_dir"])
+        if kind != "idx":
+            opts["dataset"] = kind
+        if self.state is None and ctx.get_parameter_source("model") in (click.core.ParameterSource.DEFAULT, None):
+            opts["model"] = loading.default_model(kind)
         opts["model"] = loading.normalise_zoo_name(opts["model"])
         opts["dataset"] = opts["dataset"].lower()
         if opts["lr"] is None:
@@ -367,8 +388,9 @@ class Trainer:
 
             augment.parse_spec(opts["augment"])  # a bad spec fails here, before any work
         self.opts = opts
+        data_name = (Path(opts["data_dir"]).resolve().name or "images") if kind == "folder" else opts["dataset"]
         out = opts["out"] or (_model_path_for(opts["resume"]) if opts["resume"] is not None
-                              else Path(f"{opts['model']}-{opts['dataset']}.nbcnn"))
+                              else Path(f"{opts['model']}-{data_name}.nbcnn"))
         self.paths = _paths(Path(out))
         folder = self.paths["model"].parent
         try:  # fail now, not after hours of training, when the output folder cannot be made
@@ -417,20 +439,36 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _load_data(self):
         o = self.opts
-        (x_tr, y_tr), (x_te, y_te), self.data_info = loading.load_dataset(o["dataset"], o["data_dir"])
+        (x_tr, y_tr), (x_te, y_te), self.data_info = loading.load_dataset(
+            o["dataset"], o["data_dir"], color=o["color"], seed=o["seed"],
+            test_split=o["test_split"], strict=o["strict"], workers=o["workers"],
+            image_size=o["image_size"] or loading.fixed_input_size(o["model"]))
+        if self.data_info.get("image_size"):  # recorded, so a resumed run decodes the same way
+            o["image_size"], o["color"] = list(self.data_info["image_size"]), self.data_info["color"]
         x_tr, x_te = loading.as_nchw_uint8(x_tr), loading.as_nchw_uint8(x_te)
         y_tr, y_te = np.asarray(y_tr).astype(np.int64), np.asarray(y_te).astype(np.int64)
         if o["train_size"] is not None:
             x_tr, y_tr = x_tr[:o["train_size"]], y_tr[:o["train_size"]]
         if o["test_size"] is not None:
             x_te, y_te = x_te[:o["test_size"]], y_te[:o["test_size"]]
-        cut = validation_cut(len(x_tr), o["val_split"], int(self.data_info.get("group_size", 1)))
+        own_val = self.data_info.get("validation")
+        cut = len(x_tr) if own_val else validation_cut(len(x_tr), o["val_split"],
+                                                       int(self.data_info.get("group_size", 1)))
         if cut < 1:
             raise common.UserError(f"--val-split {o['val_split']} leaves no training images out of {len(x_tr)}")
-        self.x_train, self.y_train = x_tr[:cut], y_tr[:cut]
-        self.x_val, self.y_val = x_tr[cut:], y_tr[cut:]
-        self.x_test, self.y_test = x_te, y_te
-        names = loading.dataset_classes(o["dataset"])
+        if loading.is_streamed(x_tr):
+            self.x_train, self.x_val = x_tr.view(slice(0, cut)), loading.in_memory(x_tr.view(slice(cut, None)))
+        else:
+            self.x_train, self.x_val = x_tr[:cut], x_tr[cut:]
+        self.y_train, self.y_val = y_tr[:cut], y_tr[cut:]
+        if own_val:
+            self.x_val, self.y_val = loading.in_memory(own_val[0]), np.asarray(own_val[1]).astype(np.int64)
+        self.x_test, self.y_test = loading.in_memory(x_te), y_te
+        names = self.data_info.get("class_names") or loading.dataset_classes(o["dataset"])
+        if self.data_info.get("class_names") and self.verbose:
+            for line in loading.describe_classes(names, {"train": self.y_train, "validation": self.y_val,
+                                                         "test": self.y_test}):
+                self.say(line)
         self.num_classes = max(int(max(y_tr.max(initial=0), y_te.max(initial=0)) + 1), len(names or []))
         self.class_names = names or [str(i) for i in range(self.num_classes)]
 
@@ -449,7 +487,8 @@ class Trainer:
             if getattr(model, "optimizer", None) is None:
                 raise common.UserError(f"{o['resume']} was saved without optimizer state; it cannot be resumed")
         else:
-            model = _build_model(o, input_shape, self.num_classes, self.device, steps)
+            model = _build_model(o, input_shape, self.num_classes, self.device, steps,
+                                 adapt_data=self.x_train if o["dataset"] in ("folder", *loading.CIFAR) else None)
             epoch, batch = 0, 0
         self.model = model
         self._banner(model, epoch, batch, steps)
@@ -460,7 +499,7 @@ class Trainer:
             return
         if self.state is not None:
             self._check_schedule_left(model, epoch, batch, steps)
-        source = self._augmented_source() if o["augment"] else None
+        source = self._augmented_source() if o["augment"] or loading.is_streamed(self.x_train) else None
         try:
             with _Interrupt() as stop:
                 cbk = _CliCallback(self, stop, steps)
@@ -491,7 +530,7 @@ class Trainer:
         from nbcnn import loader
 
         return loader.online_batches(self.x_train, self.y_train, batch_size=self.opts["batch_size"],
-                                     augment=self.opts["augment"], seed=self.opts["seed"],
+                                     augment=self.opts["augment"] or "", seed=self.opts["seed"],
                                      workers=self.opts["workers"], shuffle=True, to_float=False)
 
     def record_epoch(self, epoch, logs, seen):

@@ -33,6 +33,7 @@ from ._atomic import atomic_open
 __all__ = [
     "rotate", "affine", "translate", "mirror", "add_noise", "color_shift",
     "RandomAffine", "RandomRotation", "RandomCrop", "RandomMirror", "GaussianNoise", "ColorShift",
+    "ColorJitter", "Cutout", "jitter", "cut_out",
     "Pipeline", "parse_spec", "batch_rng", "augment_dataset", "write_dataset", "write_idx",
     "SPEC_KEYS",
 ]
@@ -185,6 +186,27 @@ def add_noise(x, std, seeds, *, clip=None):
     return out
 
 
+def jitter(x, gains, biases, *, clip=None):
+    """Contrast ``gains[n]`` about each image's mean, then brightness ``biases[n]`` (data units)."""
+    x = _check_batch(x)
+    n = x.shape[0]
+    lo, hi, rnd = _clip_args(x, clip)
+    out = np.empty_like(x)
+    _kernels().contrast_brightness(x, _per_image(gains, n, "gains"), _per_image(biases, n, "biases"), lo, hi, rnd,
+                                   out)
+    return out
+
+
+def cut_out(x, top, left, size, *, fill=0):
+    """Set the ``size`` x ``size`` square at ``(top[n], left[n])`` of image n to ``fill``."""
+    x = _check_batch(x)
+    n = x.shape[0]
+    out = np.empty_like(x)
+    _kernels().cutout(x, _per_image(top, n, "top", np.int64), _per_image(left, n, "left", np.int64), int(size),
+                      x.dtype.type(fill), out)
+    return out
+
+
 # ---------------------------------------------------------------- random ops
 
 def _nonneg(v, name):
@@ -298,6 +320,45 @@ class ColorShift:
         return f"color={self.max_shift:g}"
 
 
+class ColorJitter:
+    """Per-image contrast gain in [1 - amount, 1 + amount] about the image mean, then a brightness
+    offset in [-amount, amount] of the value range (all channels alike), clipped."""
+
+    def __init__(self, amount):
+        self.amount = _nonneg(amount, "jitter")
+
+    def __call__(self, x, rng):
+        n = x.shape[0]
+        a = self.amount
+        gains = rng.uniform(1 - a, 1 + a, size=n)
+        biases = rng.uniform(-a, a, size=n) * _value_range(x)
+        return jitter(x, gains, biases)
+
+    def spec(self):
+        return f"jitter={self.amount:g}"
+
+
+class Cutout:
+    """Zero one ``size`` x ``size`` square per image, centred anywhere in the image (DeVries &
+    Taylor 2017: the square may hang over the border)."""
+
+    def __init__(self, size, fill=0):
+        if int(size) != size or size < 0:
+            raise ValueError(f"cutout size must be an int >= 0, got {size!r}")
+        self.size = int(size)
+        self.fill = fill
+
+    def __call__(self, x, rng):
+        if self.size == 0:
+            return x
+        n, _, h, w = x.shape
+        cy, cx = rng.integers(0, h, size=n), rng.integers(0, w, size=n)
+        return cut_out(x, cy - self.size // 2, cx - self.size // 2, self.size, fill=self.fill)
+
+    def spec(self):
+        return f"cutout={self.size}"
+
+
 class Pipeline:
     """Operations applied in order; ``pipeline(x, rng)`` returns a new distorted batch."""
 
@@ -334,6 +395,8 @@ SPEC_KEYS = {
     "mirror": "probability of a left-right flip (default 0.5)",
     "vflip": "probability of a top-bottom flip (default 0.5)",
     "color": "max per-channel offset, fraction of the value range",
+    "jitter": "max contrast change and brightness offset (fractions), e.g. 0.2",
+    "cutout": "side of a square zeroed at a random place per image, pixels",
     "noise": "Gaussian noise std, fraction of the value range",
 }
 
@@ -342,7 +405,7 @@ def parse_spec(spec) -> Pipeline:
     """``"rotate=10,crop=2,noise=0.05"`` -> a :class:`Pipeline` (see ``SPEC_KEYS``).
 
     The order is fixed, whatever the order in the string: one affine warp
-    (rotate/scale/shear/translate), crop, mirror, colour shift, noise.
+    (rotate/scale/shear/translate), crop, mirror, colour shift, jitter, cutout, noise.
     ``""`` or ``"none"`` gives an empty pipeline.
     """
     if isinstance(spec, Pipeline):
@@ -381,6 +444,10 @@ def parse_spec(spec) -> Pipeline:
         ops.append(RandomMirror(vals["vflip"], vertical=True))
     if vals.get("color"):
         ops.append(ColorShift(vals["color"]))
+    if vals.get("jitter"):
+        ops.append(ColorJitter(vals["jitter"]))
+    if vals.get("cutout"):
+        ops.append(Cutout(vals["cutout"]))
     if vals.get("noise"):
         ops.append(GaussianNoise(vals["noise"]))
     return Pipeline(ops)

@@ -18,7 +18,7 @@ memory copy. The cache is
 * **invalidated** when the folder's file list, a size or a modification time
   changes (a fingerprint of all three is stored with it).
 
-Small sets (``in_memory=None``: up to 512 MiB decoded) come back as NumPy
+Small sets (``in_memory=None``: up to 512 MiB decoded, or ``$NBCNN_IN_MEMORY_MB``) come back as NumPy
 arrays. Larger ones come back as an :class:`ImageArray`: reading rows from
 the cache file with ``pread``, so resident memory stays one batch per reader
 (the loader's worker processes open the file themselves), never the data set.
@@ -585,7 +585,8 @@ def image_folder(path, image_size=None, color_mode: str = "rgb", *, class_names=
     arr = ImageArray(folder / "images.npy", offset, shape, None if len(keep) == len(y) else keep)
     nbytes = int(len(keep) * np.prod(shape[1:]))
     if in_memory is None:
-        in_memory = nbytes <= IN_MEMORY_BYTES
+        limit = os.environ.get("NBCNN_IN_MEMORY_MB")
+        in_memory = nbytes <= (int(float(limit) * (1 << 20)) if limit else IN_MEMORY_BYTES)
     x = np.asarray(arr) if in_memory else arr
     kept_files = [files[i] for i in keep]
     return ImageFolder(x, y[keep], names, kept_files, skipped, root, batch_size, shuffle, seed)

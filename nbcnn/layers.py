@@ -1,5 +1,6 @@
 """Layers: Conv2D, pooling (windowed and global), BatchNormalization, LocalResponseNormalization,
-Flatten, Dense, Dropout and activations.
+Flatten, Dense, Dropout, activations, and preprocessing (Rescaling, Normalization, Resizing,
+CenterCrop) that travels inside the model file.
 
 Layout NCHW. Shapes given to and reported by layers are per sample
 (``input_shape=(1, 28, 28)``); ``output_shape`` is Keras-style with ``None``
@@ -1144,6 +1145,293 @@ class IdentityShortcut(Layer):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides}
 
 
+# ----------------------------------------------------------------------------------------------
+# preprocessing inside the model (saved with it, so predict and every runtime transform alike)
+# ----------------------------------------------------------------------------------------------
+
+def _hw_arg(height, width, what):
+    try:
+        h, w = int(height), int(width)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} needs integer height and width, got {height!r}, {width!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{what} needs a positive height and width, got {height!r}, {width!r}")
+    return h, w
+
+
+def _label(layer) -> str:
+    return type(layer).__name__ + (f" {layer.name!r}" if layer.name else "")
+
+
+def _chw(layer, input_shape):
+    if len(input_shape) != 3:
+        raise ValueError(f"{_label(layer)} expects (C, H, W) inputs, got {input_shape}")
+    return input_shape
+
+
+class Rescaling(Layer):
+    """``y = x * scale + offset``; ``scale``/``offset`` scalars or one value per channel.
+
+    Models already scale uint8 input to [0, 1]; ``Rescaling(2, -1)`` then maps it to [-1, 1].
+    """
+
+    base_name = "rescaling"
+
+    def __init__(self, scale, offset=0.0, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.scale = [float(v) for v in np.ravel(scale)] if np.ndim(scale) else float(scale)
+        self.offset = [float(v) for v in np.ravel(offset)] if np.ndim(offset) else float(offset)
+        for k, v in (("scale", self.scale), ("offset", self.offset)):
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"Rescaling {k} must be finite, got {v!r}")
+
+    def _shapes(self, input_shape):
+        C = _chw(self, input_shape)[0]
+        for k, v in (("scale", self.scale), ("offset", self.offset)):
+            if isinstance(v, list) and len(v) not in (1, C):
+                raise ValueError(f"Rescaling {k} has {len(v)} values for {C} channels")
+        return input_shape, []
+
+    def _per(self, v):
+        return v[0] if isinstance(v, list) and len(v) == 1 else v
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        return ops.channel_affine(x, self._per(self.scale), self._per(self.offset))
+
+    def backward(self, gy):
+        return ops.channel_affine(gy, self._per(self.scale), 0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+class Normalization(Layer):
+    """Per-channel ``(x - mean) / sqrt(variance)``, from given statistics or :meth:`adapt`.
+
+    The statistics are layer state (saved with the model, never trained). ``adapt(data)``
+    computes them in one streaming pass (batch moments merged in float64) over an array,
+    an :class:`nbcnn.imagefolder.ImageFolder` / ImageArray, or any iterable of batches
+    (``x`` or ``(x, y)``). uint8 data is read as ``x / 255``, which is what the layer sees
+    inside a model fed uint8 images.
+    """
+
+    base_name = "normalization"
+    state_names = ("mean", "variance")
+    EPSILON = 1e-7
+
+    def __init__(self, mean=None, variance=None, name=None, input_shape=None, trainable=True, adapted=None):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if (mean is None) != (variance is None):
+            raise ValueError("Normalization needs both mean and variance, or neither (then call adapt())")
+        self._given = None
+        if mean is not None:
+            m = np.asarray(mean, np.float64).ravel()
+            v = np.asarray(variance, np.float64).ravel()
+            if m.shape != v.shape or not np.all(np.isfinite(m)) or not np.all(np.isfinite(v)) or (v < 0).any():
+                raise ValueError(f"Normalization mean and variance must be finite, of one length, variance >= 0; "
+                                 f"got {m.tolist()} and {v.tolist()}")
+            self._given = (m, v)
+        self.adapted = bool(adapted) if adapted is not None else mean is not None
+
+    def _shapes(self, input_shape):
+        C = _chw(self, input_shape)[0]
+        if self._given is not None and len(self._given[0]) not in (1, C):
+            raise ValueError(f"Normalization has {len(self._given[0])} statistics for {C} channels")
+        return input_shape, [], [(C,), (C,)]
+
+    def _init_state(self, dtype):
+        C = self._state_shapes[0][0]
+        if self._given is None:
+            return [np.zeros(C, dtype), np.ones(C, dtype)]
+        m, v = self._given
+        return [np.broadcast_to(m, (C,)).astype(dtype), np.broadcast_to(v, (C,)).astype(dtype)]
+
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        self.adapted = True
+
+    def adapt(self, data, batch_size: int = 256):
+        """Set mean and variance per channel from ``data`` (one pass; see the class docstring)."""
+        from .device import to_numpy
+        from .kernels.cpu.preprocess import channel_moments
+
+        n, mean, m2 = 0, None, None
+        for xb in _batches_of(data, batch_size):
+            xb = np.asarray(to_numpy(xb))
+            if xb.ndim == 3:
+                xb = xb[:, None]
+            if xb.ndim != 4 or xb.shape[0] == 0:
+                raise ValueError(f"Normalization.adapt needs (N, C, H, W) batches, got shape {xb.shape}")
+            scale = 1.0 / 255.0 if xb.dtype == np.uint8 else 1.0
+            if xb.dtype.kind not in "fu" or xb.dtype == np.float16:
+                xb = xb.astype(np.float64)
+            if not xb.flags.c_contiguous:
+                xb = np.ascontiguousarray(xb)
+            if xb.dtype.kind == "f" and not np.all(np.isfinite(xb)):
+                raise ValueError("Normalization.adapt: the data contains NaN or infinite values")
+            k, mb, qb = channel_moments(xb, scale)
+            if mean is None:
+                n, mean, m2 = k, mb, qb
+            else:  # Chan et al.: merge two sets' counts, means and squared deviations
+                if mb.shape != mean.shape:
+                    raise ValueError(f"Normalization.adapt: batches with {len(mean)} and {len(mb)} channels")
+                d = mb - mean
+                tot = n + k
+                mean = mean + d * (k / tot)
+                m2 = m2 + qb + d * d * (n * k / tot)
+                n = tot
+        if mean is None:
+            raise ValueError("Normalization.adapt: no data")
+        var = m2 / n
+        C = len(mean)
+        if self.input_shape is not None and self.input_shape[0] != C:
+            raise ValueError(f"Normalization {self.name!r} is built for {self.input_shape[0]} channels, "
+                             f"the data has {C}")
+        self._given = (mean, var)
+        if self.state:
+            xp = _xp(self.state[0])
+            self.state[0][...] = xp.asarray(mean.astype(self.state[0].dtype))
+            self.state[1][...] = xp.asarray(var.astype(self.state[1].dtype))
+        self.adapted = True
+        return self
+
+    def _stat(self, i):
+        if self.state:
+            return self.get_weights()[i]
+        return None if self._given is None else np.asarray(self._given[i])
+
+    @property
+    def mean(self):
+        """Per-channel mean (None before adapt or mean=)."""
+        return self._stat(0)
+
+    @property
+    def variance(self):
+        return self._stat(1)
+
+    def _scale_offset(self, x):
+        from .device import to_numpy
+
+        mean = np.asarray(to_numpy(self.state[0]), np.float64)
+        std = np.maximum(np.sqrt(np.asarray(to_numpy(self.state[1]), np.float64)), self.EPSILON)
+        return 1.0 / std, -mean / std
+
+    def forward(self, x, training=False):
+        if not self.adapted:
+            raise ValueError(f"{_label(self)} has no statistics: pass mean= and variance= or call "
+                             "adapt(data) first")
+        self._ensure_built(x)
+        scale, offset = self._scale_offset(x)
+        self._cache = scale if training else None
+        return ops.channel_affine(x, scale, offset)
+
+    def backward(self, gy):
+        scale = self._cache if self._cache is not None else self._scale_offset(gy)[0]
+        self._cache = None
+        return ops.channel_affine(gy, scale, 0.0)
+
+    def get_config(self):
+        cfg = {**super().get_config(), "adapted": self.adapted}
+        if self._given is not None and not self.state:
+            cfg["mean"], cfg["variance"] = self._given[0].tolist(), self._given[1].tolist()
+        return cfg
+
+
+def _batches_of(data, batch_size):
+    """Yield ``x`` batches from an array, an ImageArray / ImageFolder, or an iterable of batches."""
+    x = getattr(data, "x", None) if hasattr(data, "class_names") else None
+    if x is not None:
+        data = x
+    if isinstance(data, np.ndarray) or is_gpu_array(data) or (hasattr(data, "view") and hasattr(data, "path")):
+        for s in range(0, len(data), int(batch_size)):
+            yield data[s:s + int(batch_size)]
+        return
+    if not hasattr(data, "__iter__"):
+        raise TypeError(f"Normalization.adapt needs an array or an iterable of batches, got {type(data).__name__}")
+    for item in data:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+class Resizing(Layer):
+    """Bilinear resize of every image to ``(height, width)`` (half-pixel centres, no antialiasing)."""
+
+    base_name = "resizing"
+
+    def __init__(self, height, width, interpolation="bilinear", name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.height, self.width = _hw_arg(height, width, "Resizing")
+        if interpolation != "bilinear":
+            raise ValueError(f"Resizing supports interpolation='bilinear' only, got {interpolation!r}")
+        self.interpolation = interpolation
+
+    def _shapes(self, input_shape):
+        C = _chw(self, input_shape)[0]
+        return (C, self.height, self.width), []
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = tuple(x.shape[2:]) if training else None
+        if tuple(x.shape[2:]) == (self.height, self.width):
+            return x
+        return ops.resize_bilinear(x, (self.height, self.width))
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        hw, self._cache = self._cache, None
+        if hw == (self.height, self.width):
+            return gy
+        return ops.resize_bilinear_backward(gy, hw)
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width,
+                "interpolation": self.interpolation}
+
+
+class CenterCrop(Layer):
+    """The central ``(height, width)`` window (an odd margin leaves the extra row/column at the
+    bottom/right). Inputs smaller than the crop are an error naming both sizes."""
+
+    base_name = "center_crop"
+
+    def __init__(self, height, width, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.height, self.width = _hw_arg(height, width, "CenterCrop")
+
+    def _pads(self, H, W):
+        if H < self.height or W < self.width:
+            raise ValueError(f"{_label(self)}: images of {H}x{W} are smaller than the "
+                             f"{self.height}x{self.width} crop")
+        top, left = (H - self.height) // 2, (W - self.width) // 2
+        return (top, H - self.height - top, left, W - self.width - left)
+
+    def _shapes(self, input_shape):
+        C, H, W = _chw(self, input_shape)
+        self._pads(H, W)
+        return (C, self.height, self.width), []
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        pads = self._pads(*x.shape[2:])
+        self._cache = pads if training else None
+        if not any(pads):
+            return x
+        return ops.pad2d_backward(x, pads)  # cropping is the adjoint of zero padding
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        pads, self._cache = self._cache, None
+        return ops.pad2d(gy, pads) if any(pads) else gy
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+__all__ += ["Rescaling", "Normalization", "Resizing", "CenterCrop"]
+
+
 _REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
                                      ReLU, Tanh, Sigmoid, Softmax)}
 _REGISTRY.update({c.__name__: c for c in (GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization,
@@ -1153,6 +1441,7 @@ _REGISTRY["IdentityShortcut"] = IdentityShortcut
 
 _REGISTRY.update({c.__name__: c for c in (DepthwiseConv2D, SeparableConv2D, ZeroPadding2D)})
 __all__ += ["DepthwiseConv2D", "SeparableConv2D", "ZeroPadding2D"]
+_REGISTRY.update({c.__name__: c for c in (Rescaling, Normalization, Resizing, CenterCrop)})
 
 
 def deserialize(cfg: dict) -> Layer:

@@ -1,4 +1,5 @@
-"""The classical model zoo: LeNet-5, AlexNet, VGG-16/19, and a small VGG for 28x28 images.
+"""The classical model zoo: LeNet-5, AlexNet, VGG-16/19, a small VGG for 28x28 images, and
+a small conv net (the default for users' image folders).
 
 Models come back uncompiled and unallocated: defining VGG-16 (138 M
 parameters) or printing its summary costs milliseconds; weights are drawn (in
@@ -11,7 +12,7 @@ from __future__ import annotations
 from .layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 from .models import Sequential
 
-__all__ = ["lenet5", "alexnet", "vgg16", "vgg19", "small_vgg", "get", "MODELS"]
+__all__ = ["lenet5", "alexnet", "vgg16", "vgg19", "small_vgg", "small_cnn", "get", "MODELS"]
 
 
 def lenet5(num_classes: int = 10, activation: str = "tanh", pooling: str = "avg",
@@ -114,7 +115,38 @@ def small_vgg(num_classes: int = 10, input_shape=(1, 28, 28), widths=(16, 32), c
     return Sequential(layers, device=device, name="small_vgg", seed=seed)
 
 
-MODELS = {"lenet5": lenet5, "alexnet": alexnet, "vgg16": vgg16, "vgg19": vgg19, "small_vgg": small_vgg}
+def small_cnn(num_classes: int = 10, input_shape=(3, 32, 32), widths=(32, 64, 64), dense: int = 128,
+              dropout: float = 0.3, device="auto", seed=None) -> Sequential:
+    """The default net for users' image folders: [3x3 'same' ReLU conv, 2x2 max pool] per width,
+    an average pool down to at most 4x4, dense 128, dropout, classes.
+
+    On 3x32x32 inputs with 10 classes: 188,810 parameters, ~17 MFLOP per image forward, so a
+    few thousand photos train in minutes on a laptop CPU. Blocks stop early for tiny inputs.
+    """
+    c, h, w = (int(v) for v in input_shape)
+    layers = []
+    for filters in widths:
+        if min(h, w) < 2:
+            break
+        kw = {"input_shape": tuple(input_shape)} if not layers else {}
+        layers += [Conv2D(filters, 3, padding=1, activation="relu", kernel_initializer="he_normal", **kw),
+                   MaxPool2D(2)]
+        h, w = h // 2, w // 2
+    if max(h, w) > 4:
+        k = max(1, min(h, w) // 4)
+        layers.append(AvgPool2D(k))
+    if not layers:
+        layers.append(Flatten(input_shape=tuple(input_shape)))
+    else:
+        layers.append(Flatten())
+    layers.append(Dense(dense, activation="relu", kernel_initializer="he_normal"))
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers.append(Dense(num_classes))
+    return Sequential(layers, device=device, name="small_cnn", seed=seed)
+
+
+MODELS = {"small_cnn": small_cnn, "lenet5": lenet5, "alexnet": alexnet, "vgg16": vgg16, "vgg19": vgg19, "small_vgg": small_vgg}
 
 
 def get(name: str, **kwargs) -> Sequential:

@@ -177,3 +177,46 @@ def test_augment_dataset_and_idx_files(tmp_path, rng):
     (xt, yt), (xe, ye) = datasets.load_mnist(path=tmp_path / "mnist")
     np.testing.assert_array_equal(xt.reshape(xa.shape), xa)
     np.testing.assert_array_equal(yt, ya)
+
+
+# ---------------------------------------------------------------- colour data: jitter, cutout
+
+def test_jitter_matches_reference():
+    from nbcnn import augment as A
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (3, 3, 4, 5)).astype(np.uint8)
+    gains, biases = np.array([1.0, 1.5, 0.5]), np.array([0.0, -20.0, 30.0])
+    got = A.jitter(x, gains, biases)
+    m = x.reshape(3, -1).astype(np.float64).mean(axis=1)[:, None, None, None]
+    want = np.clip(np.floor((x - m) * gains[:, None, None, None] + m + biases[:, None, None, None] + 0.5), 0, 255)
+    np.testing.assert_array_equal(got, want.astype(np.uint8))
+    np.testing.assert_array_equal(A.jitter(x, 1.0, 0.0), x)
+    xf = rng.random((2, 3, 3, 3))
+    np.testing.assert_allclose(A.jitter(xf, 2.0, 0.1), (xf - xf.mean(axis=(1, 2, 3), keepdims=True)) * 2
+                               + xf.mean(axis=(1, 2, 3), keepdims=True) + 0.1)
+
+
+def test_cutout_matches_reference():
+    from nbcnn import augment as A
+
+    x = np.arange(2 * 3 * 6 * 5, dtype=np.float32).reshape(2, 3, 6, 5) + 1
+    got = A.cut_out(x, [1, -2], [3, 4], 3, fill=0)
+    want = x.copy()
+    want[0, :, 1:4, 3:6] = 0
+    want[1, :, 0:1, 4:7] = 0   # hangs over the top and right borders
+    np.testing.assert_array_equal(got, want)
+
+
+def test_colour_pipeline_is_seeded_and_keeps_shape():
+    from nbcnn import augment as A
+
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (8, 3, 10, 10)).astype(np.uint8)
+    p = A.parse_spec("mirror,crop=2,jitter=0.2,color=0.05,rotate=10,scale=0.1,cutout=4")
+    assert p.spec() and "cutout=4" in p.spec() and "jitter=0.2" in p.spec()
+    a, b = p(x, A.batch_rng(1, 0, 0)), p(x, A.batch_rng(1, 0, 0))
+    assert a.shape == x.shape and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, p(x, A.batch_rng(1, 0, 1)))
+    zeros = (a == 0).all(axis=1)
+    assert zeros.reshape(8, -1).sum(axis=1).min() >= 4  # every image lost at least part of a square

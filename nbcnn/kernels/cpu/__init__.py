@@ -9,6 +9,7 @@ from .pad import pad2d, pad2d_backward
 from .pool import (avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d_backward,
                    global_avg_pool2d_forward, global_max_pool2d_backward, global_max_pool2d_forward,
                    max_pool2d_backward, max_pool2d_forward)
+from .preprocess import channel_affine, resize_bilinear, resize_bilinear_backward
 
 __all__ = [
     "conv2d_forward", "conv2d_backward", "pad2d", "pad2d_backward",
@@ -16,4 +17,5 @@ __all__ = [
     "global_avg_pool2d_forward", "global_avg_pool2d_backward",
     "global_max_pool2d_forward", "global_max_pool2d_backward",
     "batch_norm_forward", "batch_norm_backward", "lrn_forward", "lrn_backward",
+    "channel_affine", "resize_bilinear", "resize_bilinear_backward",
 ]

@@ -145,6 +145,44 @@ def offset_clip(x, offsets, lo, hi, rnd, out):
                 out[n, c, i, j] = _store(float(x[n, c, i, j]) + o, lo, hi, rnd)
 
 
+@njit(parallel=True, cache=True)
+def contrast_brightness(x, gain, bias, lo, hi, rnd, out):
+    """Colour jitter: ``out = clip((x - mean_n) * gain[n] + mean_n + bias[n])``, ``mean_n`` the
+    image's mean over all channels and pixels (contrast about it, then brightness)."""
+    N, C, H, W = x.shape
+    for n in prange(N):
+        s = 0.0
+        for c in range(C):
+            for i in range(H):
+                for j in range(W):
+                    s += float(x[n, c, i, j])
+        m = s / (C * H * W)
+        g = gain[n]
+        b = bias[n]
+        for c in range(C):
+            for i in range(H):
+                for j in range(W):
+                    out[n, c, i, j] = _store((float(x[n, c, i, j]) - m) * g + m + b, lo, hi, rnd)
+
+
+@njit(parallel=True, cache=True)
+def cutout(x, top, left, size, fill, out):
+    """Cutout: copy ``x`` with the ``size`` x ``size`` square at (top[n], left[n]) set to ``fill``
+    (the square may hang over the border; only its inside part is filled)."""
+    N, C, H, W = x.shape
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        t0, l0 = top[n], left[n]
+        for i in range(H):
+            inside_row = t0 <= i < t0 + size
+            for j in range(W):
+                if inside_row and l0 <= j < l0 + size:
+                    out[n, c, i, j] = fill
+                else:
+                    out[n, c, i, j] = x[n, c, i, j]
+
+
 @njit(inline="always")
 def _splitmix(z):
     z = z + np.uint64(0x9E3779B97F4A7C15)

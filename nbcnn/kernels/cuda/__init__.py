@@ -22,6 +22,7 @@ _WHERE = {
     "global_avg_pool2d_forward": "pool", "global_avg_pool2d_backward": "pool",
     "global_max_pool2d_forward": "pool", "global_max_pool2d_backward": "pool",
     "batch_norm_forward": "norm", "batch_norm_backward": "norm", "lrn_forward": "norm", "lrn_backward": "norm",
+    "channel_affine": "preprocess", "resize_bilinear": "preprocess", "resize_bilinear_backward": "preprocess",
 }
 __all__ = list(_WHERE)
 
