@@ -91,6 +91,17 @@ def syncbn(comm, out):
         np.savez(os.path.join(out, "bn.npz"), **runs)
 
 
+def mean(comm, out):
+    """allreduce_mean on float and integer arrays (rank r holds r + 1, r + 2, ...)."""
+    r = comm.rank
+    a = np.arange(6, dtype=np.float32).reshape(2, 3) + r
+    b = np.full(4, 10 * (r + 1), np.int64)
+    got = distributed.allreduce_mean([a, b], comm)
+    allv = comm.comm.gather([got[0] is a, got[1] is b, a.tolist(), b.tolist()], root=0)
+    if comm.is_root:
+        json.dump(allv, open(os.path.join(out, "mean.json"), "w"))
+
+
 def broadcast(comm, out):
     """Ranks start from different weights and optimiser state; fit must start from rank 0's."""
     m = _tiny(0)

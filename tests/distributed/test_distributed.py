@@ -43,6 +43,16 @@ def test_synchronised_batch_norm_follows_one_process(run_worker, tmp_path):
     assert _rel(r["perrank"], r["single"]) > 1e-3
 
 
+def test_allreduce_mean_averages_in_place(run_worker, tmp_path):
+    _ok(run_worker(3, "mean"))
+    ranks = json.loads((tmp_path / "mean.json").read_text())
+    want_a = (np.arange(6).reshape(2, 3) + 1.0).tolist()  # mean of r = 0, 1, 2 added
+    for same_a, same_b, a, b in ranks:
+        assert same_a and same_b  # the arrays passed in, averaged in place
+        assert a == want_a
+        assert b == [20] * 4
+
+
 def test_fit_starts_from_rank0_weights_and_optimizer_state(run_worker, tmp_path):
     _ok(run_worker(3, "broadcast"))
     w = np.load(tmp_path / "weights.npy")
@@ -64,7 +74,7 @@ def test_a_failing_rank_ends_the_job(run_worker, how):
     """Rank 1 dies mid-training (SIGKILL, an exception) or never trains: the job ends non-zero,
     well within 60 s, and says why."""
     t0 = time.monotonic()
-    proc = run_worker(2, f"fault-{how}", timeout=120, env={"NBCNN_MPI_TIMEOUT": "10"})
+    proc = run_worker(2, f"fault-{how}", timeout=120, env={"NBCNN_MPI_TIMEOUT": "5"})
     took = time.monotonic() - t0
     assert proc.returncode != 0
     assert took < 60
