@@ -34,19 +34,20 @@ import numpy as np
 
 from nbcnn.callbacks import Callback
 
-from . import common, loading
+from . import common, loading, recipes
 
 STATE_KEY = "nbcnn_train"
 STATE_VERSION = 1
 
 # Defaults: the recipe that takes LeNet-5 below the paper's 0.95% MNIST error
 # (README "Results"): ReLU + max-pooling, Adam 0.002 with cosine decay, 15 epochs, batch 64.
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.002}
+DEFAULT_LR = {"sgd": 0.05, "nesterov": 0.05, "adam": 0.002, "adamw": 0.002, "rmsprop": 0.001}
 LENET5_DEFAULTS = {"activation": "relu", "pooling": "max"}
 
 # Options that define the run: a resumed run must use the same values.
 RUN_OPTIONS = ("model", "activation", "pooling", "dataset", "batch_size", "optimizer", "lr", "schedule",
-               "momentum", "seed", "val_split", "train_size", "augment", "image_size", "color", "test_split")
+               "momentum", "seed", "val_split", "train_size", "augment", "image_size", "color", "test_split",
+               "weight_decay", "label_smoothing", "warmup_epochs")
 # Options a resumed run takes from the checkpoint unless given again (they do not change the weights).
 SOFT_OPTIONS = ("epochs", "test_size", "no_plot", "workers")
 
@@ -162,16 +163,8 @@ def _build_model(opts, input_shape, num_classes, device, steps_per_epoch, adapt_
         model = loading.with_input_normalization(model, adapt_data, device)
     if getattr(model, "device", device) != device and hasattr(model, "to"):
         model.to(device)
-    from nbcnn import optim
-
-    lr = opts["lr"]
-    if opts["schedule"] == "cosine":  # decays to 0 over the whole run (kept when resumed)
-        lr = optim.CosineDecay(lr, opts["epochs"] * steps_per_epoch)
-    if opts["optimizer"] == "sgd":
-        opt = optim.SGD(lr, momentum=opts["momentum"])
-    else:
-        opt = optim.Adam(lr)
-    model.compile(loss="cross_entropy", optimizer=opt, metrics=["accuracy"])
+    loss, opt = recipes.compile_args(opts, steps_per_epoch)
+    model.compile(loss=loss, optimizer=opt, metrics=["accuracy"])
     return model
 
 
@@ -211,11 +204,21 @@ EPILOG = common.examples(
                                              "with a warning).")
 @click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd", "nesterov", "adamw", "rmsprop"]), default="adam",
+              show_default=True, help="nesterov = SGD with Nesterov momentum; a model's recipe may choose another "
+                                      "(resnet20: nesterov; see docs/zoo_and_recipes.md).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Learning rate [default: 0.002 for adam, 0.05 for sgd].")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="cosine", show_default=True,
-              help="Learning-rate schedule: cosine decays to 0 over all epochs.")
+              help="Learning rate [default: 0.002 for adam/adamw, 0.05 for sgd/nesterov, 0.001 for rmsprop].")
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "onecycle"]), default="cosine",
+              show_default=True, help="Learning-rate schedule: cosine decays to 0 over all epochs; onecycle "
+                                      "rises to --lr over the first 30% of the run, then anneals.")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Linear learning-rate warm-up over this many epochs before the schedule.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight decay on conv and dense kernels (biases and batch-norm parameters are exempt); "
+                   "decoupled for adamw.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Cross-entropy against (1 - e) * one-hot + e / classes.")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
               help="SGD momentum.")
 @click.option("--device", default=None, metavar="auto|cpu|cuda",
@@ -374,6 +377,8 @@ class Trainer:
             opts["model"] = loading.default_model(kind)
         opts["model"] = loading.normalise_zoo_name(opts["model"])
         opts["dataset"] = opts["dataset"].lower()
+        if self.state is None:  # a model's recipe fills the options not given (a resumed run keeps its own)
+            opts = recipes.apply(ctx, opts)
         if opts["lr"] is None:
             opts["lr"] = DEFAULT_LR[opts["optimizer"]]
         if opts["model"] == "lenet5":
@@ -558,7 +563,13 @@ class Trainer:
         sample = " (bundled sample)" if self.data_info["bundled_sample"] else ""
         self.say(f"Training {what} on {o['dataset']}{sample}: {len(self.x_train):,} train / "
                  f"{len(self.x_val):,} validation / {len(self.x_test):,} test images")
-        lr = f"lr {o['lr']:g}" + (" with cosine decay" if o["schedule"] == "cosine" else "")
+        lr = f"lr {o['lr']:g}" + {"cosine": " with cosine decay", "onecycle": " one-cycle"}.get(o["schedule"], "")
+        if o.get("warmup_epochs"):
+            lr += f" after {o['warmup_epochs']:g} warm-up epochs"
+        if o.get("weight_decay"):
+            lr += f", weight decay {o['weight_decay']:g}"
+        if o.get("label_smoothing"):
+            lr += f", label smoothing {o['label_smoothing']:g}"
         batch_desc = (f"batch {o['batch_size']}" if self.comm is None else
                       f"batch {o['batch_size'] // self.ranks} per rank x {self.ranks} ranks = global batch "
                       f"{o['batch_size']} (the learning rate is not rescaled for it; set --lr)")
@@ -671,7 +682,9 @@ class Trainer:
             "model": o["model"], "dataset": o["dataset"], "bundled_sample": self.data_info["bundled_sample"],
             "device": str(self.device), "epochs": o["epochs"], "batch_size": o["batch_size"],
             "optimizer": o["optimizer"], "lr": o["lr"],
-            "momentum": o["momentum"] if o["optimizer"] == "sgd" else None,
+            "momentum": o["momentum"] if o["optimizer"] in ("sgd", "nesterov") else None,
+            "weight_decay": o.get("weight_decay"), "label_smoothing": o.get("label_smoothing"),
+            "warmup_epochs": o.get("warmup_epochs"), "schedule": o.get("schedule"),
             "seed": o["seed"], "augment": o["augment"], "parameters": model.count_params(),
             "ranks": self.ranks, "batch_size_per_rank": o["batch_size"] // self.ranks,
             "train_images": int(len(self.x_train)), "val_images": int(len(self.x_val)),

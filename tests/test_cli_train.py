@@ -199,7 +199,7 @@ def test_train_defaults(runner, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, code, text", [
-    (["--optimizer", "rmsprop"], 2, "'rmsprop' is not one of"),
+    (["--optimizer", "lbfgs"], 2, "'lbfgs' is not one of"),
     (["--epochs", "0"], 2, "0 is not in the range"),
     (["--model", "resnet50"], 1, "unknown model 'resnet50'"),
     (["--model", "vgg16"], 1, "cannot take mnist's 1x28x28 images"),
