@@ -37,7 +37,9 @@ _LAZY = {
     "visualize": ("nbcnn.visualize", None),
     "Sequential": ("nbcnn.models", "Sequential"),
     "History": ("nbcnn.models", "History"),
-    "load_model": ("nbcnn.serialization", "load_model"),
+    "Model": ("nbcnn.models", "Model"),
+    "Input": ("nbcnn.symbolic", "Input"),
+    "load_model": ("nbcnn.models", "load_model"),
     "seed": ("nbcnn.random", "seed"),
 }
 

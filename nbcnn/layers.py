@@ -38,10 +38,11 @@ from .kernels.cpu import activations as _ak
 from .kernels.geometry import (as_dilation, as_pair, as_stride, check_pool_padding, conv2d_output_hw,
                                pool_output_size, resolve_padding)
 from .ops import shortcut as _shortcut_ops
+from .symbolic import call_layer, is_symbolic
 
 __all__ = [
     "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Dense", "Dropout", "Activation",
-    "ReLU", "Tanh", "Sigmoid", "Softmax", "get", "deserialize", "ACTIVATIONS",
+    "ReLU", "Tanh", "Sigmoid", "Softmax", "Add", "Subtract", "Multiply", "Average", "Concatenate", "get", "deserialize", "ACTIVATIONS",
     "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "LocalResponseNormalization",
     "IdentityShortcut",
 ]
@@ -141,6 +142,8 @@ class Layer:
     param_names: tuple = ()
     state_names: tuple = ()      # non-trainable arrays (moving statistics), after the params
     base_name: str | None = None
+    takes_list = False           # merge layers: forward takes a tuple of arrays, backward returns a tuple
+    call_state: tuple = ("_cache",)  # what forward leaves for backward: a graph keeps one per call
 
     def __init__(self, name: str | None = None, trainable: bool = True, input_shape=None):
         if name is not None and (not isinstance(name, str) or not name):
@@ -293,6 +296,9 @@ class Layer:
 
     # -- compute --------------------------------------------------------------------------
     def __call__(self, x, training: bool = False):
+        """On arrays: ``forward``. On symbolic tensors (``nbcnn.Input``): a symbolic tensor (graph building)."""
+        if is_symbolic(x):
+            return call_layer(self, x)
         return self.forward(x, training=training)
 
     def forward(self, x, training: bool = False):  # pragma: no cover - abstract
@@ -1432,6 +1438,172 @@ class CenterCrop(Layer):
 __all__ += ["Rescaling", "Normalization", "Resizing", "CenterCrop"]
 
 
+# ----------------------------------------------------------------------------------------------
+# merge layers (take a list of tensors)
+# ----------------------------------------------------------------------------------------------
+
+class _Merge(Layer):
+    """Base of the layers that combine several tensors: ``Add()([a, b])``."""
+
+    takes_list = True
+    min_inputs, max_inputs = 2, None
+
+    @property
+    def _who(self) -> str:
+        return f"{type(self).__name__} {self.name!r}" if self.name else type(self).__name__
+
+    def configure(self, input_shapes) -> tuple:
+        if not isinstance(input_shapes, (list, tuple)) or not input_shapes \
+                or not all(isinstance(s, (list, tuple)) for s in input_shapes):
+            raise ValueError(f"{self._who} takes a list of input shapes, got {input_shapes!r}")
+        shapes = [self._check_shape(s) for s in input_shapes]
+        n = len(shapes)
+        if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):
+            want = (f"exactly {self.min_inputs}" if self.max_inputs == self.min_inputs
+                    else f"at least {self.min_inputs}")
+            raise ValueError(f"{self._who} takes {want} inputs, got {n}")
+        out = self._merge_shape(shapes)
+        self.input_shape = [tuple(s) for s in shapes]
+        self._out = tuple(out)
+        self._param_shapes, self._state_shapes = [], []
+        return self._out
+
+    def _merge_shape(self, shapes):
+        if any(s != shapes[0] for s in shapes):
+            listed = ", ".join(str((None, *s)) for s in shapes)
+            raise ValueError(f"{self._who} needs inputs of one shape, got {listed}")
+        return shapes[0]
+
+    def _ensure_built(self, xs):
+        if self._out is None:
+            self.configure([tuple(x.shape[1:]) for x in xs])
+
+    def _check_inputs(self, xs):
+        if not isinstance(xs, (list, tuple)):
+            raise TypeError(f"{self._who} takes a list of arrays")
+        self._ensure_built(xs)
+        return xs
+
+
+class Add(_Merge):
+    """Element-wise sum of its inputs (a residual connection: ``Add()([x, shortcut])``)."""
+
+    base_name = "add"
+
+    def forward(self, xs, training=False):
+        xs = self._check_inputs(xs)
+        y = ops.ew(xs[0], xs[1], "add")
+        for x in xs[2:]:
+            ops.ew(y, x, "add", out=y)
+        self._cache = len(xs) if training else None
+        return y
+
+    def backward(self, gy):
+        n, self._cache = self._cache, None
+        return (gy,) * n
+
+
+class Subtract(_Merge):
+    """``a - b`` of exactly two inputs."""
+
+    base_name = "subtract"
+    min_inputs = max_inputs = 2
+
+    def forward(self, xs, training=False):
+        xs = self._check_inputs(xs)
+        self._cache = True if training else None
+        return ops.ew(xs[0], xs[1], "sub")
+
+    def backward(self, gy):
+        self._cache = None
+        return gy, ops.ew_scale(gy, -1.0)
+
+
+class Multiply(_Merge):
+    """Element-wise product of its inputs."""
+
+    base_name = "multiply"
+
+    def forward(self, xs, training=False):
+        xs = self._check_inputs(xs)
+        y = ops.ew(xs[0], xs[1], "mul")
+        for x in xs[2:]:
+            ops.ew(y, x, "mul", out=y)
+        self._cache = tuple(xs) if training else None
+        return y
+
+    def backward(self, gy):
+        xs, self._cache = self._cache, None
+        out = []
+        for i in range(len(xs)):
+            g = gy
+            for j, x in enumerate(xs):
+                if j != i:
+                    g = ops.ew(g, x, "mul")
+            out.append(g)
+        return tuple(out)
+
+
+class Average(_Merge):
+    """Element-wise mean of its inputs."""
+
+    base_name = "average"
+
+    def forward(self, xs, training=False):
+        xs = self._check_inputs(xs)
+        y = ops.ew(xs[0], xs[1], "add")
+        for x in xs[2:]:
+            ops.ew(y, x, "add", out=y)
+        ops.ew_scale(y, 1.0 / len(xs), out=y)
+        self._cache = len(xs) if training else None
+        return y
+
+    def backward(self, gy):
+        n, self._cache = self._cache, None
+        return (ops.ew_scale(gy, 1.0 / n),) * n
+
+
+class Concatenate(_Merge):
+    """Join inputs along ``axis`` (counted with the batch axis, as in Keras: 1 = channels in NCHW)."""
+
+    base_name = "concatenate"
+
+    def __init__(self, axis: int = 1, name=None, trainable=True, input_shape=None):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or axis == 0:
+            raise ValueError(f"Concatenate axis must be a non-zero int (0 is the batch axis), got {axis!r}")
+        self.axis = int(axis)
+
+    def _merge_shape(self, shapes):
+        nd = len(shapes[0])
+        ax = self.axis - 1 if self.axis > 0 else nd + self.axis
+        listed = ", ".join(str((None, *s)) for s in shapes)
+        if not 0 <= ax < nd or any(len(s) != nd for s in shapes):
+            raise ValueError(f"{self._who}: axis {self.axis} does not fit inputs {listed}")
+        for s in shapes:
+            if s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]:
+                what = "channels" if ax == 0 else "sizes"
+                raise ValueError(f"{self._who} joins along axis {self.axis}; the other axes "
+                                 f"must match ({what} mismatch): got {listed}")
+        out = list(shapes[0])
+        out[ax] = sum(s[ax] for s in shapes)
+        self._ax = ax + 1
+        return tuple(out)
+
+    def forward(self, xs, training=False):
+        xs = self._check_inputs(xs)
+        y = ops.concat(xs, self._ax)
+        self._cache = [int(x.shape[self._ax]) for x in xs] if training else None
+        return y
+
+    def backward(self, gy):
+        sizes, self._cache = self._cache, None
+        return tuple(ops.concat_backward(gy, sizes, self._ax))
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
 _REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
                                      ReLU, Tanh, Sigmoid, Softmax)}
 _REGISTRY.update({c.__name__: c for c in (GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization,
@@ -1442,6 +1614,7 @@ _REGISTRY["IdentityShortcut"] = IdentityShortcut
 _REGISTRY.update({c.__name__: c for c in (DepthwiseConv2D, SeparableConv2D, ZeroPadding2D)})
 __all__ += ["DepthwiseConv2D", "SeparableConv2D", "ZeroPadding2D"]
 _REGISTRY.update({c.__name__: c for c in (Rescaling, Normalization, Resizing, CenterCrop)})
+_REGISTRY.update({c.__name__: c for c in (Add, Subtract, Multiply, Average, Concatenate)})
 
 
 def deserialize(cfg: dict) -> Layer:

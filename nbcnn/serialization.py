@@ -25,7 +25,7 @@ import numpy as np
 
 from ._atomic import atomic_open
 
-__all__ = ["save_model", "load_model", "ModelFileError", "FORMAT", "VERSION"]
+__all__ = ["save_model", "load_model", "ModelFileError", "FORMAT", "VERSION", "register_model_class"]
 
 FORMAT = "nbcnn-model"
 VERSION = 1
@@ -34,6 +34,27 @@ _INDEX = "nbcnn_model.json"
 
 class ModelFileError(ValueError):
     """A model file is missing, corrupt, truncated, or not an nbcnn model."""
+
+
+# Model classes register how to build themselves from a config (nbcnn.models does, on import), so
+# this module, below the models in the layering, never imports them.
+_MODEL_CLASSES: dict = {}
+
+
+def register_model_class(name: str, from_config) -> None:
+    """Let :func:`load_model` build models whose config says ``"class_name": name``."""
+    _MODEL_CLASSES[name] = from_config
+
+
+def _build_model(cfg: dict, device):
+    if not _MODEL_CLASSES:
+        raise RuntimeError("no model classes are registered: load models with nbcnn.load_model")
+    if not isinstance(cfg, dict):
+        raise TypeError("the model description is not an object")
+    kind = cfg.get("class_name", "Sequential")  # files without a class name hold a Sequential
+    if kind not in _MODEL_CLASSES:
+        raise ValueError(f"unknown model class {kind!r}")
+    return _MODEL_CLASSES[kind](cfg, device=device)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -147,21 +168,12 @@ def load_model(path, device="auto", compile: bool = True):
     ``model.metadata`` holds the user metadata given to ``save``; with ``compile`` the loss and
     optimiser (with its state) are restored, so ``fit`` continues where the saved run stopped.
     """
-    from . import layers as L
-    from .models import Sequential
-
     path = os.fspath(path)
     with _open(path) as zf:
         index = _index(zf, path)
         try:
-            cfg = index["model"]
-            model = Sequential(device=device, name=cfg.get("name"), dtype=cfg.get("dtype", "float32"),
-                               seed=cfg.get("seed"))
-            for lc in cfg["layers"]:
-                model.add(L.deserialize(lc))
-            if cfg.get("input_shape") is not None and model.input_shape is None:
-                model.input_shape = tuple(cfg["input_shape"])
-        except (KeyError, TypeError, ValueError) as exc:
+            model = _build_model(index["model"], device)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelFileError(f"{path}: invalid model description: {exc}") from None
         weights = [_read_array(zf, e, path) for e in index.get("weights", [])]
         try:

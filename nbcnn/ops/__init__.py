@@ -24,6 +24,7 @@ from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_av
                    global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward,
                    pool2d_output_shape)
 from .preprocess import channel_affine, resize_bilinear, resize_bilinear_backward
+from .merge import concat, concat_backward, ew, ew_scale
 
 __all__ = [
     "conv_output_size", "conv2d", "conv2d_backward", "pad2d", "pad2d_backward",
@@ -32,6 +33,7 @@ __all__ = [
     "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d", "global_max_pool2d_backward",
     "batch_norm", "batch_norm_backward", "lrn", "lrn_backward",
     "channel_affine", "resize_bilinear", "resize_bilinear_backward",
+    "ew", "ew_scale", "concat", "concat_backward",
 ]
 
 

@@ -344,6 +344,9 @@ def test_every_kernel_runs_under_cuda_device():
         ops.batch_norm_backward(gy, x, g1)
         ops.lrn_backward(gy, x, 3)
         ops.lrn(x, 3)
+        ops.ew(x, x, "add")
+        ops.ew_scale(x, 2.0)
+        ops.concat_backward(ops.concat([x, x], 1), [2, 2], 1)
         return ops.avg_pool2d(x, 2)
 
     with Launches() as n:
