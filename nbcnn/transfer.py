@@ -141,6 +141,8 @@ def replace_head(model, num_classes, *, seed=None, name=None):
     num_classes = int(num_classes)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if _is_graph(model):
+        return _replace_graph_head(model, num_classes, seed=seed, name=name)
     layers = _layers(model)
     idx = [i for i, l in enumerate(layers) if _has_params(l)]
     if not idx or not isinstance(layers[idx[-1]], L.Dense):
@@ -171,6 +173,74 @@ def replace_head(model, num_classes, *, seed=None, name=None):
     return m
 
 
+def _is_graph(model) -> bool:
+    """A functional Model (not a Sequential, not a plain list of layers)."""
+    from .models import Model, Sequential
+
+    return isinstance(model, Model) and not isinstance(model, Sequential)
+
+
+def _replace_graph_head(model, num_classes, *, seed=None, name=None):
+    """replace_head for a graph: the same graph (rebuilt from its config) with the last weighted
+    layer, a Dense, swapped for a fresh one; other weights and ``trainable`` flags copied."""
+    from . import layers as L
+    from .models import Model
+    from .random import default_rng
+
+    model.build()  # the weights to copy must exist (drawn from the model's seed)
+    layers = _layers(model)
+    weighted = [l for l in layers if _has_params(l)]
+    if not weighted or not isinstance(weighted[-1], L.Dense):
+        raise ValueError("replace_head needs a model whose last layer with weights is Dense")
+    old = weighted[-1]
+    taken = {l.name for l in layers}
+    new_name = name or next(n for n in (f"{old.name}_new", *(f"{old.name}_new{k}" for k in range(2, 99)))
+                            if n not in taken)
+    cfg = model.get_config()
+    head = L.Dense(num_classes, activation=old.activation, use_bias=old.use_bias, name=new_name)
+    cfg["layers"] = [L.serialize(head) if lc["config"].get("name") == old.name else lc for lc in cfg["layers"]]
+    cfg["nodes"] = [[new_name if n == old.name else n, ins] for n, ins in cfg["nodes"]]
+    if seed is not None:
+        cfg["seed"] = int(seed)
+    m = Model.from_config(cfg, device=model.device)
+    m.build()
+    for l in m.layers:
+        if l.name == new_name:
+            l._init_into(l.params, default_rng(seed))
+            continue
+        src = model.get_layer(l.name)
+        if _has_params(src) or src.state_names:
+            l.set_weights(src.get_weights())
+        l.trainable = src.trainable
+    return m
+
+
+def _head_model(model, start, feat_shape, **kw):
+    """The part of graph ``model`` from layer ``start`` on, as a Model whose one input is the
+    tensor it reads from the frozen part (its features)."""
+    from .models import Input, Model
+
+    g = model._graph
+    layers = _layers(model)
+    first = min(i for i, st in enumerate(g.steps) if st[0] is layers[start])
+    before = {id(st[0]) for st in g.steps[:first]}
+    outside = sorted({t for st in g.steps[first:] for t in st[1] if t < g.n_inputs + first})
+    for st in g.steps[first:]:
+        if id(st[0]) in before:
+            raise ValueError(f"layer {st[0].name!r} is used on both sides of the cut at layer "
+                             f"{layers[start].name!r}: cannot train it on cached features")
+    if len(outside) != 1:
+        raise ValueError(f"the layers from {layers[start].name!r} on read {len(outside)} tensors of the "
+                         "frozen part; features can stand in for exactly one")
+    inp = Input(tuple(feat_shape), name="features")
+    tensors = {outside[0]: inp}
+    for layer, ins, out, multi in g.steps[first:]:
+        args = [tensors[t] for t in ins]
+        tensors[out] = layer(args if multi else args[0])
+    outs = [tensors[t] for t in g.outputs]
+    return Model(inp, outs[0] if len(outs) == 1 else outs, **kw)
+
+
 # ---------------------------------------------------------------- features
 
 def as_model_input(x, dtype=np.float32):
@@ -195,9 +265,13 @@ def _iter_features(model, upto, x, batch_size):
     from .device import to_numpy
     layers = _layers(model)[:upto + 1]
     is_model = hasattr(model, "forward") and hasattr(model, "_to_batch")
+    graph = is_model and _is_graph(model)
     dtype = np.dtype(getattr(model, "dtype", None) or _model_dtype(layers)).type
     for s in range(0, x.shape[0], batch_size):
-        if is_model:  # the model's device and dtype (a GPU model gets CuPy batches)
+        if graph:  # the output of that layer's (last) call
+            name = layers[upto].name
+            f = model.tensor_values(model._to_batch(x[s:s + batch_size]), [name])[name]
+        elif is_model:  # the model's device and dtype (a GPU model gets CuPy batches)
             f = model.forward(model._to_batch(x[s:s + batch_size]), training=False, stop=upto + 1)
         else:
             f = np.ascontiguousarray(as_model_input(x[s:s + batch_size], dtype))
@@ -374,7 +448,10 @@ def fit_head(model, features, y, *, start=None, validation_data=None, epochs=10,
         kw["seed"] = int(seed)
     if getattr(model, "device", None) is not None:
         kw["device"] = model.device
-    head = Sequential(layers[start:], **kw)
+    if _is_graph(model):
+        head = _head_model(model, start, feats.shape[1:], **kw)
+    else:
+        head = Sequential(layers[start:], **kw)
     head.build(tuple(feats.shape[1:]))
     def make_opt():
         if lr is None:

@@ -59,7 +59,7 @@ def _geometry(layer):
         return tuple(layer.kernel_size), tuple(layer.strides), (pads[0], pads[2])
     if hasattr(layer, "size") and hasattr(layer, "strides") and hasattr(layer, "pads"):
         return tuple(layer.size), tuple(layer.strides), (layer.pads[0], layer.pads[2])
-    if kind in ("Flatten", "Dense") or getattr(layer, "units", None) is not None:
+    if kind in ("Flatten", "Dense") or kind.startswith("Global") or getattr(layer, "units", None) is not None:
         return "global"
     return None
 
@@ -71,6 +71,10 @@ def receptive_field(model, layer=-1, input_shape=None) -> ReceptiveField:
     ``size += (k - 1) * jump``, ``start -= p * jump``, ``jump *= s``.
     ``input_shape`` (C, H, W) configures unbuilt layers (to resolve 'same' padding).
     """
+    graph = getattr(model, "_graph", None)
+    if graph is not None and getattr(model, "_multi_in", None) is not None and not _is_chain(graph):
+        return graph_receptive_fields(graph)[graph.steps[graph.step_of_layer(
+            _layers(model)[layer_index(model, layer)])][2]]
     layers = _layers(model)
     upto = layer_index(model, layer)
     if input_shape is not None:
@@ -89,10 +93,54 @@ def receptive_field(model, layer=-1, input_shape=None) -> ReceptiveField:
             return ReceptiveField(None, None, None, spatial=False)
         k, s, p = g
         for a in range(2):
-            size[a] += (k[a] - 1) * jump[a]
+            size[a] += (k[a] - 1) * _dilation(l)[a] * jump[a]
             start[a] -= p[a] * jump[a]
             jump[a] *= s[a]
     return ReceptiveField(tuple(size), tuple(jump), tuple(start))
+
+
+def _dilation(layer) -> tuple:
+    d = getattr(layer, "dilation_rate", None) or getattr(layer, "dilation", None) or (1, 1)
+    return (int(d), int(d)) if np.isscalar(d) else (int(d[0]), int(d[1]))
+
+
+def _is_chain(graph) -> bool:
+    return graph.n_inputs == 1 and all(ins == (k,) and not multi
+                                       for k, (_, ins, _, multi) in enumerate(graph.steps))
+
+
+def graph_receptive_fields(graph) -> list:
+    """The :class:`ReceptiveField` of every tensor of an engine graph (index = tensor id).
+
+    Where branches meet (Add, Concatenate, ...) a unit sees the union of its inputs' windows
+    (their jumps must agree); a global layer (Flatten, Dense) makes everything after it non-spatial.
+    """
+    rfs: list = [ReceptiveField((1, 1), (1, 1), (0, 0))] * graph.n_inputs
+    for layer, ins, out, multi in graph.steps:
+        srcs = [rfs[t] for t in ins]
+        if not all(r.spatial for r in srcs):
+            rfs.append(ReceptiveField(None, None, None, spatial=False))
+            continue
+        if multi:
+            if len({r.jump for r in srcs}) != 1:
+                raise ValueError(f"layer {layer.name!r} joins units of different strides {[r.jump for r in srcs]}")
+            lo = [min(r.start[a] for r in srcs) for a in range(2)]
+            hi = [max(r.start[a] + r.size[a] for r in srcs) for a in range(2)]
+            rfs.append(ReceptiveField((hi[0] - lo[0], hi[1] - lo[1]), srcs[0].jump, tuple(lo)))
+            continue
+        g = _geometry(layer)
+        r = srcs[0]
+        if g is None:
+            rfs.append(r)
+        elif g == "global":
+            rfs.append(ReceptiveField(None, None, None, spatial=False))
+        else:
+            k, st, p = g
+            d = _dilation(layer)
+            size = tuple(r.size[a] + ((k[a] - 1) * d[a]) * r.jump[a] for a in range(2))
+            start = tuple(r.start[a] - p[a] * r.jump[a] for a in range(2))
+            rfs.append(ReceptiveField(size, tuple(r.jump[a] * st[a] for a in range(2)), start))
+    return rfs
 
 
 def input_box(model, layer, i, j):
@@ -117,7 +165,7 @@ def input_box(model, layer, i, j):
         (k, s, p), size = g, l.input_shape[1:]
         for a in range(2):
             lo[a] = max(lo[a] * s[a] - p[a], 0)
-            hi[a] = min(hi[a] * s[a] - p[a] + k[a] - 1, size[a] - 1)
+            hi[a] = min(hi[a] * s[a] - p[a] + (k[a] - 1) * _dilation(l)[a], size[a] - 1)
             if lo[a] > hi[a]:
                 return None
     return lo[0], hi[0] + 1, lo[1], hi[1] + 1
