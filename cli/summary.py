@@ -22,25 +22,30 @@ def _parse_shape(text):
     return shape
 
 
-def summary_text(model) -> str:
+def summary_text(model, explain: bool = False, batch_size: int = 1) -> str:
     """``model.summary()`` as text, whether it returns the table or prints it."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        out = model.summary()
+        out = model.summary(explain=True, batch_size=batch_size) if explain else model.summary()
     return out if isinstance(out, str) and out.strip() else buf.getvalue()
 
 
 @click.command(epilog=common.examples(
     "nbcnn summary lenet5",
     "nbcnn summary vgg16 --classes 10",
-    "nbcnn summary lenet5-mnist.nbcnn"))
+    "nbcnn summary lenet5-mnist.nbcnn",
+    "nbcnn summary lenet5 --explain --batch 64"))
 @click.argument("model")
 @click.option("--classes", "num_classes", type=click.IntRange(min=1), default=None,
               help="Number of output classes for a zoo model (default: the zoo's).")
 @click.option("--input-shape", default=None, metavar="C,H,W",
               help="Input shape for a zoo model that accepts one, e.g. 1,28,28.")
+@click.option("--explain", is_flag=True, default=False,
+              help="Work out each layer's arithmetic: output size, receptive field, multiply-adds, memory.")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size for the totals of --explain (training FLOPs, activation memory).")
 @common.verbose_option
-def summary(model, num_classes, input_shape):
+def summary(model, num_classes, input_shape, explain, batch_size):
     """Print the layer table of MODEL: a model file or a zoo name (lenet5, alexnet, vgg16, ...).
 
     Shows each layer's output shape and parameter count, then the total,
@@ -54,4 +59,4 @@ def summary(model, num_classes, input_shape):
             raise common.UserError("--classes and --input-shape apply to zoo models, not model files")
     else:
         net = loading.build_zoo_model(model, num_classes=num_classes, input_shape=shape)
-    common.echo(summary_text(net).rstrip("\n"))
+    common.echo(summary_text(net, explain=explain, batch_size=batch_size).rstrip("\n"))

@@ -743,6 +743,8 @@ class BatchNormalization(Layer):
     # statistics are then the global batch's (nbcnn.distributed.sync_batch_norm_forward)
     sync_stats = None
 
+    call_state = ("_cache", "_batch_stats")  # per call of a shared layer (see nbcnn.engine)
+
     def __init__(self, axis=1, momentum=0.99, epsilon=1e-3, center=True, scale=True, name=None,
                  trainable=True, input_shape=None):
         super().__init__(name=name, trainable=trainable, input_shape=input_shape)
