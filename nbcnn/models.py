@@ -43,6 +43,7 @@ from .callbacks import History
 from .datasets import BatchIterator
 from .device import Device, is_gpu_array, parse_device, to_numpy
 from .engine import Graph, GraphError
+from .inference import InferencePlan
 from .progress import ProgressBar, format_time, is_tty
 from .symbolic import Input, SymbolicTensor
 
@@ -973,16 +974,25 @@ class Model:
         soft = [probs and not self._ends_in_softmax(t) for t in g.outputs]
         outs = [[] for _ in g.outputs]
         n = xs[0].shape[0]
+        plan = self.inference_plan()
         with self.device.activate():
+            plan.prepare()
             for s in range(0, n, batch_size):
-                vals = g.forward([self._to_batch(a[s:s + batch_size]) for a in xs], False)
-                for k, t in enumerate(g.outputs):
-                    out = vals[t]
+                vals = plan.run([self._to_batch(a[s:s + batch_size]) for a in xs])
+                for k, out in enumerate(vals):
                     if soft[k] and out.ndim == 2:
                         out = L.softmax(out)
                     outs[k].append(to_numpy(out))
         res = [o[0] if len(o) == 1 else np.concatenate(o) for o in outs]
         return res if self._multi_out else res[0]
+
+    def inference_plan(self) -> InferencePlan:
+        """The graph rewritten for ``predict`` (BN folded into convolutions, ReLUs fused), made once."""
+        self.build()
+        plan = getattr(self, "_plan", None)
+        if plan is None or plan.graph is not self._graph:
+            plan = self._plan = InferencePlan(self._graph)
+        return plan
 
     def _ends_in_softmax(self, t: int) -> bool:
         i = self._graph.producer(t)

@@ -63,7 +63,7 @@ def test_graph_model_on_simulated_cuda_matches_cpu():
         d = L.Dense(4, activation="tanh")(f)
         out = L.Dense(3)(L.Subtract()([L.Multiply()([d, d]), L.Average()([d, d])]))
         m = nbcnn.Model(x, out, device=device, seed=3)
-        m.compile(optimizer=nbcnn.optim.SGD(0.1, momentum=0.9))
+        m.compile(optimizer="sgd")
         return m
 
     r = np.random.default_rng(0)
@@ -71,11 +71,13 @@ def test_graph_model_on_simulated_cuda_matches_cpu():
     y = r.integers(0, 3, 3)
     gpu, cpu = make("cuda"), make("cpu")
     assert gpu.device.simulated
+    # gradients, not optimiser steps: this file runs no optimiser kernel (the kernel tour of
+    # test_cuda_ops counts the kernel modules imported so far)
     with Launches() as n:
-        lg = [gpu.train_on_batch(x, y) for _ in range(2)]
+        lg, gg = gpu.gradients(x, y)
     assert n.delta.get("_binary", 0) > 0 and n.delta.get("_put_cols", 0) > 0 and n.delta.get("_take_cols", 0) > 0
-    lc = [cpu.train_on_batch(x, y) for _ in range(2)]
+    lc, gc = cpu.gradients(x, y)
     np.testing.assert_allclose(lg, lc, rtol=1e-5)
-    for a, b in zip(gpu.get_weights(), cpu.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(gg, gc):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), atol=1e-6)
