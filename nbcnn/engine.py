@@ -84,6 +84,8 @@ class Graph:
             for t in ins:
                 self.consumers[t].append(i)
         self._key = None
+        self._fwd_eval = self._run_list([False] * len(self.steps))
+        self._fwd_train = None  # made by plan()
         self._accum: dict = {}       # tensor id -> gradient accumulation buffer (fan-out), reused
         self._scratch: dict = {}     # step -> weight-gradient scratch of a shared layer's extra call
 
@@ -99,9 +101,14 @@ class Graph:
                 return i
         raise GraphError(f"{_label(layer)} is not part of this graph")
 
-    def plan(self) -> None:
+    def _run_list(self, modes) -> list:
+        return [(layer, ins[0] if ins else -1, ins, out, multi, self.slots[i], modes[i], self.free_after[i])
+                for i, (layer, ins, out, multi) in enumerate(self.steps)]
+
+    def plan(self, key=None) -> None:
         """Recompute live steps, training modes, ``need_gx`` and gradient writers when ``trainable`` flags change."""
-        key = tuple(bool(l.trainable) for l in self.layers)
+        if key is None:
+            key = tuple(bool(l.trainable) for l in self.layers)
         if key == self._key:
             return
         n = len(self.steps)
@@ -128,9 +135,16 @@ class Graph:
             writers.add(id(layer))
             ng = any(self.need[t] for t in ins)
             done = index[id(layer)] if first_step[id(layer)] == i else -1  # all its calls are done here
-            back.append((i, layer, ins, out, multi, self.slots[i], ng, first_call, done))
+            plain = self.slots[i] < 0 and not multi
+            if plain:
+                layer.need_gx = ng  # a shared layer gets it at each call instead
+            back.append((plain, i, layer, ins[0] if ins else -1, out, ng, done,
+                         (ins, multi, self.slots[i], first_call)))
         self.back = back
         self.first_live = next((i for i in range(n) if live[i]), n)
+        # in training nothing is dropped during the forward pass: the layers' caches hold what the
+        # backward needs, and the engine's list of values is released when the forward returns
+        self._fwd_train = [(*st[:-1], ()) for st in self._run_list(self.modes)]
         self._key = key
 
     # ------------------------------------------------------------------------------------------
@@ -141,35 +155,44 @@ class Graph:
         to the loss (fused softmax + cross-entropy). ``keep``: tensor ids not to free. With
         ``start > 0``, ``xs`` is the one input of step ``start`` (a linear stack)."""
         vals = [None] * self.n_tensors
-        steps = self.steps
+        run = self._fwd_train if training else self._fwd_eval
+        n = len(run) if stop is None else stop
         if start:
-            vals[steps[start][1][0]] = xs[0]
+            vals[self.steps[start][1][0]] = xs[0]
         else:
             vals[:self.n_inputs] = xs
-        n = len(steps) if stop is None else stop
-        modes = self.modes if training else None
-        slots, free = self.slots, self.free_after
-        for i in range(start, n):
-            layer, ins, out, multi = steps[i]
-            x = tuple([vals[t] for t in ins]) if multi else vals[ins[0]]
-            tr = modes[i] if training else False
-            s = slots[i]
-            if s >= 0 and hasattr(layer, "_ctx"):
-                layer._ctx = self._ctxs[s]
-            if linear_last and i == n - 1:
-                act, layer.activation = layer.activation, "linear"
-                try:
-                    vals[out] = layer.forward(x, training=tr)
-                finally:
-                    layer.activation = act
-            else:
-                vals[out] = layer.forward(x, training=tr)
+        if start or n != len(run):
+            run = run[start:n]
+        if linear_last:
+            run, tail = run[:-1], run[-1]
+        for layer, in0, ins, out, multi, s, tr, free in run:
             if s >= 0:
-                self._caches[s] = tuple(getattr(layer, a, None) for a in layer.call_state)
-            for t in free[i]:
-                if t not in keep:
-                    vals[t] = None
+                vals[out] = self._forward_shared(layer, s, ins, vals, multi, tr)
+            elif multi:
+                vals[out] = layer.forward(tuple([vals[t] for t in ins]), training=tr)
+            else:
+                vals[out] = layer.forward(vals[in0], training=tr)
+            if free:
+                for t in free:
+                    if t not in keep:
+                        vals[t] = None
+        if linear_last:
+            layer, in0, ins, out, multi, s, tr, free = tail
+            act, layer.activation = layer.activation, "linear"
+            try:
+                vals[out] = (self._forward_shared(layer, s, ins, vals, multi, tr) if s >= 0 else
+                             layer.forward(tuple([vals[t] for t in ins]) if multi else vals[in0], training=tr))
+            finally:
+                layer.activation = act
         return vals
+
+    def _forward_shared(self, layer, s, ins, vals, multi, tr):
+        """One call of a layer called several times: its own scratch context, its cache kept aside."""
+        if hasattr(layer, "_ctx"):
+            layer._ctx = self._ctxs[s]
+        y = layer.forward(tuple([vals[t] for t in ins]) if multi else vals[ins[0]], training=tr)
+        self._caches[s] = tuple(getattr(layer, a, None) for a in layer.call_state)
+        return y
 
     def backward(self, g, t_out: int, linear_last_step: int = -1, hook=None) -> None:
         """Back-propagate ``g`` (the gradient of tensor ``t_out``) through the live steps, writing
@@ -181,46 +204,68 @@ class Graph:
         grads = [None] * self.n_tensors
         owned = [False] * self.n_tensors
         grads[t_out] = g
-        need = self.need
-        for i, layer, ins, out, multi, s, ng, first, done in self.back:
+        for plain, i, layer, in0, out, ng, done, rest in self.back:
             gy = grads[out]
+            if gy is None and plain:  # not run (a softmax left to the loss) or not reaching the loss
+                continue
             grads[out] = None
-            if s >= 0:
-                for a, v in zip(layer.call_state, self._caches[s]):
-                    setattr(layer, a, v)
-                self._caches[s] = None
-                if hasattr(layer, "_ctx"):
-                    layer._ctx = self._ctxs[s]
-            if gy is None:  # this step's output does not reach the loss
-                layer._cache = None
-                continue
-            layer.need_gx = ng
-            swap = not first and layer.trainable and layer.grads
-            if swap:
-                real = layer.grads
-                layer.grads = self._scratch_for(i, real)
-            if i == linear_last_step:
-                act, layer.activation = layer.activation, "linear"
-                try:
+            if not plain:
+                self._backward_general(i, layer, gy, rest, ng, grads, owned, linear_last_step)
+            else:
+                if i != linear_last_step:
                     gx = layer.backward(gy)
-                finally:
-                    layer.activation = act
-            else:
-                gx = layer.backward(gy)
-            if swap:
-                for r, sc in zip(real, layer.grads):
-                    ops.ew(r, sc, "add", out=r)
-                layer.grads = real
-            if hook is not None and done >= 0:
+                else:
+                    act, layer.activation = layer.activation, "linear"
+                    try:
+                        gx = layer.backward(gy)
+                    finally:
+                        layer.activation = act
+                if ng:
+                    if grads[in0] is None:
+                        grads[in0] = gx
+                    else:
+                        self._accumulate(grads, owned, in0, gx)
+            if done >= 0 and hook is not None:
                 hook.layer_done(done)
-            if not ng:
-                continue
-            if multi:
-                for t, gt in zip(ins, gx):
-                    if need[t]:
-                        self._accumulate(grads, owned, t, gt)
-            else:
-                self._accumulate(grads, owned, ins[0], gx)
+
+    def _backward_general(self, i, layer, gy, rest, ng, grads, owned, linear_last_step):
+        """Backward of a step that takes a list, or of one call of a shared layer."""
+        ins, multi, s, first = rest
+        if s >= 0:
+            for a, v in zip(layer.call_state, self._caches[s]):
+                setattr(layer, a, v)
+            self._caches[s] = None
+            if hasattr(layer, "_ctx"):
+                layer._ctx = self._ctxs[s]
+        if gy is None:  # this step's output does not reach the loss
+            layer._cache = None
+            return
+        layer.need_gx = ng
+        swap = False if first else bool(layer.trainable and layer.grads)
+        if swap:
+            real = layer.grads
+            layer.grads = self._scratch_for(i, real)
+        if i == linear_last_step:
+            act, layer.activation = layer.activation, "linear"
+            try:
+                gx = layer.backward(gy)
+            finally:
+                layer.activation = act
+        else:
+            gx = layer.backward(gy)
+        if swap:
+            for r, sc in zip(real, layer.grads):
+                ops.ew(r, sc, "add", out=r)
+            layer.grads = real
+        if not ng:
+            return
+        if multi:
+            need = self.need
+            for t, gt in zip(ins, gx):
+                if need[t]:
+                    self._accumulate(grads, owned, t, gt)
+        else:
+            self._accumulate(grads, owned, ins[0], gx)
 
     def _accumulate(self, grads, owned, t, g):
         cur = grads[t]

@@ -339,6 +339,8 @@ class Model:
         self._flat = flat
         self._gflat = None
         self._rkey = None
+        if self._graph is not None:
+            self._graph._key = None  # re-plan: another model may have changed the layers' need_gx
 
     def _ensure_grads(self) -> None:
         if self._gflat is None:
@@ -352,8 +354,8 @@ class Model:
                     off += p.size
 
     def _update_trainable(self) -> None:
-        key = tuple(bool(l.trainable) for l in self.layers)
-        self._graph.plan()
+        key = tuple([l.trainable for l in self.layers])
+        self._graph.plan(key)
         if key == self._rkey:
             return
         ranges: list = []
@@ -629,6 +631,8 @@ class Model:
             want[name] = g.steps[g.step_of_layer(self.get_layer(name))][2]
         stop = max(t - g.n_inputs for t in want.values()) + 1
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        if training:
+            g.plan()
         with self.device.activate():
             vals = g.forward(xs, training, stop=stop, keep=tuple(want.values()))
         return {k: vals[t] for k, t in want.items()}

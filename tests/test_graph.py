@@ -278,3 +278,51 @@ def test_activations_are_released_after_backward():
     r = np.random.default_rng(0)
     m.train_on_batch(r.random((2, 2, 7, 5), dtype=np.float32), np.array([0, 1]))
     assert all(getattr(l, "_cache", None) is None for l in m.layers)
+
+
+def _train_mode_loss(model, x, y):
+    g = model._graph
+    g.plan()
+    out = g.forward([model._to_batch(x)], True)[g.outputs[0]]
+    return model.loss.loss_and_grad(out, y, grad=False)[0]
+
+
+def test_finite_differences_through_batch_norm_gap_dilated_grouped_and_shortcut():
+    """BN in training mode (batch statistics), global pooling, dilated, grouped, depthwise and
+    separable convolutions, a parameter-free strided shortcut, fan-out and Add, in float64."""
+    x = nbcnn.Input((4, 9, 8))
+    h = L.Conv2D(4, 3, padding="same", dilation_rate=2, activation="tanh")(x)
+    h = L.BatchNormalization(momentum=0.9)(h)
+    a = L.Conv2D(8, 3, strides=2, padding=1, groups=2)(h)
+    a = L.BatchNormalization(scale=False)(a)
+    a = L.ReLU()(a)
+    s = L.Add()([a, L.IdentityShortcut(8, strides=2)(h)])
+    d = L.DepthwiseConv2D(3, padding="same", activation="tanh")(s)
+    e = L.SeparableConv2D(6, 3, padding="same")(s)
+    c = L.Concatenate(axis=1)([L.GlobalAveragePooling2D()(d), L.GlobalAveragePooling2D()(e)])
+    out = L.Dense(3)(c)
+    m = nbcnn.Model(x, out, dtype="float64", seed=7, device="cpu")
+    m.compile(loss="cross_entropy", optimizer="sgd")
+    r = np.random.default_rng(6)
+    xs, ys = r.standard_normal((5, 4, 9, 8)), r.integers(0, 3, 5)
+    loss, grads = m.gradients(xs, ys)
+    weights = m.get_weights()
+    eps = 1e-6
+    pick = np.random.default_rng(1)
+    checked = 0
+    for i, (w, gr) in enumerate(zip(weights, grads)):
+        if gr is None:
+            continue
+        for j in np.unique(np.r_[0, w.size - 1, pick.choice(w.size, min(w.size, 4), replace=False)]):
+            ws = [a_.copy() for a_ in weights]
+            ws[i].flat[j] += eps
+            m.set_weights(ws)
+            lp = _train_mode_loss(m, xs, ys)
+            ws[i].flat[j] -= 2 * eps
+            m.set_weights(ws)
+            lm = _train_mode_loss(m, xs, ys)
+            fd = (lp - lm) / (2 * eps)
+            assert abs(fd - gr.flat[j]) <= 1e-5 * max(1.0, abs(fd)), (i, j, fd, gr.flat[j])
+            checked += 1
+    m.set_weights(weights)
+    assert checked > 40
