@@ -369,32 +369,41 @@ def _build_cache(folder: Path, files, labels, hw, color, fingerprint, workers, p
     n = len(files)
     bad: list[tuple[int, str]] = []
     try:
-        x = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, c, hw[0], hw[1]))
         chunks = [(s, [str(p) for p in files[s:s + _CHUNK]]) for s in range(0, n, _CHUNK)]
         bar = ProgressBar(n, prefix=f"decoding {n:,} images", enabled=progress)
         done = 0
-        if workers and n >= _PARALLEL_FROM:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+        with open(tmp / "images.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                    "shape": (n, c, hw[0], hw[1])})
 
-            with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn")) as pool:
-                futures = [(s, pool.submit(_decode_chunk, paths, hw, color)) for s, paths in chunks]
-                for s, fut in futures:
-                    arr, b = fut.result()
-                    x[s:s + len(arr)] = arr
-                    bad.extend((s + i, why) for i, why in b)
-                    done += len(arr)
-                    bar.update(done, items=len(arr))
-        else:
-            for s, paths in chunks:
-                arr, b = _decode_chunk(paths, hw, color)
-                x[s:s + len(arr)] = arr
+            def write(s, arr, b):
+                nonlocal done
+                f.write(np.ascontiguousarray(arr).data)  # chunks arrive in order: a sequential write
                 bad.extend((s + i, why) for i, why in b)
                 done += len(arr)
                 bar.update(done, items=len(arr))
+
+            if workers and n >= _PARALLEL_FROM:
+                import multiprocessing as mp
+                from collections import deque
+                from concurrent.futures import ProcessPoolExecutor
+
+                window = 4 * int(workers)  # chunks in flight: memory stays O(workers), not O(data set)
+                with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn")) as pool:
+                    pending: deque = deque()
+                    for s, paths in chunks:
+                        pending.append((s, pool.submit(_decode_chunk, paths, hw, color)))
+                        if len(pending) >= window:
+                            s0, fut = pending.popleft()
+                            write(s0, *fut.result())
+                    while pending:
+                        s0, fut = pending.popleft()
+                        write(s0, *fut.result())
+            else:
+                for s, paths in chunks:
+                    write(s, *_decode_chunk(paths, hw, color))
         bar.close()
-        x.flush()
-        del x
         y = np.asarray(labels, np.int64).copy()
         for i, _ in bad:
             y[i] = -1  # unreadable: kept as a row, excluded by every reader
