@@ -115,7 +115,7 @@ class Communicator:
         self.step_weight = 1.0 / self.size
         self._busy: tuple | None = None  # (what, since) while inside a collective
         # time spent waiting for the gradient allreduce after backward, and steps (benchmarks)
-        self.stats = {"allreduce_wait_s": 0.0, "steps": 0}
+        self.stats = {"allreduce_wait_s": 0.0, "steps": 0, "early_buckets": 0}
         self._lock = threading.Lock()
         self._watchdog = None
         me = json.dumps([socket.gethostname(), os.getpid()]).encode()
@@ -257,7 +257,7 @@ class SingleProcess(Communicator):
         self._busy = None
         self._lock = threading.Lock()
         self._watchdog = None
-        self.stats = {"allreduce_wait_s": 0.0, "steps": 0}
+        self.stats = {"allreduce_wait_s": 0.0, "steps": 0, "early_buckets": 0}
         self._local_peers = []
         self.hosts = [socket.gethostname()]
 
@@ -493,9 +493,9 @@ class GradientReducer:
     gradient of the mean loss over the global batch, also for an uneven last batch.
     """
 
-    def __init__(self, comm: Communicator, model, bucket_bytes: int = BUCKET_BYTES):
+    def __init__(self, comm: Communicator, model, bucket_bytes: int | None = None):
         self.comm, self.model = comm, model
-        self.bucket_bytes = int(bucket_bytes)
+        self.bucket_bytes = int(BUCKET_BYTES if bucket_bytes is None else bucket_bytes)
         self.buckets = _buckets(model._spans, model.dtype.itemsize, self.bucket_bytes)
         self.weight = 1.0 / comm.size
         self._next = 0
@@ -523,6 +523,7 @@ class GradientReducer:
         while self._next < len(self.buckets) and self.buckets[self._next][2] >= i:
             self._launch(self._next)
             self._next += 1
+            self.comm.stats["early_buckets"] += 1
         if self._pending:
             self.backend.progress(self._pending)
 

@@ -102,6 +102,37 @@ def mean(comm, out):
         json.dump(allv, open(os.path.join(out, "mean.json"), "w"))
 
 
+def _residual(seed=6):
+    """A small residual graph with a shared layer and a 1x1 branch (several gradient buckets)."""
+    nbcnn.seed(seed)
+    inp = nbcnn.Input((1, 12, 12))
+    h = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    shared = L.Conv2D(8, 3, padding="same")
+    r = shared(L.ReLU()(shared(h)))
+    h = L.ReLU()(L.Add()([h, r]))
+    h = L.Concatenate(axis=1)([h, L.Conv2D(4, 1)(h)])
+    out = L.Dense(10)(L.Flatten()(L.MaxPool2D(2)(h)))
+    m = nbcnn.Model(inp, out)
+    m.compile(optimizer=optim.SGD(0.05, momentum=0.9))
+    return m
+
+
+def graph(comm, out):
+    """A graph model with buckets of ~1 KiB (launched during backward): K ranks == one process."""
+    distributed.BUCKET_BYTES = 1024
+    x, y = _tiny_data(96)
+    m = _residual()
+    m.fit(x, y, epochs=2, batch_size=12, distributed=comm, verbose=0)
+    if comm.is_root:
+        ref = _residual()
+        ref.fit(x, y, epochs=2, batch_size=12 * comm.size, verbose=0)
+        np.save(os.path.join(out, "dist.npy"), m._flat)
+        np.save(os.path.join(out, "single.npy"), ref._flat)
+        n_buckets = len(distributed.GradientReducer(comm, m).buckets)
+        json.dump({"buckets": n_buckets, "early": comm.stats["early_buckets"], "steps": comm.stats["steps"]},
+                  open(os.path.join(out, "buckets.json"), "w"))
+
+
 def broadcast(comm, out):
     """Ranks start from different weights and optimiser state; fit must start from rank 0's."""
     m = _tiny(0)

@@ -28,6 +28,16 @@ def test_two_ranks_follow_one_process_with_the_global_batch(run_worker, tmp_path
     assert init < np.abs(single).max()  # and the run moved the weights at all (not trivially equal)
 
 
+def test_graph_model_with_buckets_reduced_during_backward(run_worker, tmp_path):
+    """Residual + shared layer + concatenation, many small buckets launched as backward goes."""
+    _ok(run_worker(2, "graph", timeout=240))
+    assert _rel(np.load(tmp_path / "dist.npy"), np.load(tmp_path / "single.npy")) <= 1e-4
+    b = json.loads((tmp_path / "buckets.json").read_text())
+    assert b["buckets"] >= 3
+    # all but the bucket of the first layers go out before backward ends (the overlap)
+    assert b["early"] >= (b["buckets"] - 1) * b["steps"]
+
+
 def test_uneven_batches_weight_the_slices(run_worker, tmp_path):
     """Global batches of 66 over 4 ranks (16/17 images each) and a last batch of one image."""
     _ok(run_worker(4, "uneven", timeout=240))
