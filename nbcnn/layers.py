@@ -8,11 +8,10 @@ for the batch axis. A layer knows its parameter shapes as soon as its input
 shape is known (``configure``), but allocates weights only when first needed
 (``build``): counting or summarising VGG-16 costs nothing.
 
-Every layer computes on whatever device its arrays live on: convolution and
-pooling go through :mod:`nbcnn.ops` (CPU or CUDA kernels), matrix products
-through ``xp.matmul`` (NumPy/BLAS or CuPy), and element-wise work through
-the Numba CPU kernels for float32 NumPy arrays (fused bias + activation, fast
-tanh) or plain ``xp`` expressions otherwise (float64, CuPy).
+Every layer computes on whatever device its arrays live on: convolution,
+pooling, normalisation and activations (with a Dense layer's bias fused in)
+go through :mod:`nbcnn.ops` (CPU or CUDA kernels), matrix products through
+``xp.matmul`` (NumPy/BLAS or CuPy).
 
 ``backward(gy)`` returns the input gradient and writes parameter gradients
 into ``layer.grads`` (which a model points into one flat buffer, so the
@@ -34,7 +33,7 @@ import numpy as np
 
 from . import initializers, ops
 from .device import is_gpu_array
-from .kernels.cpu import activations as _ak
+from .kernels.act_codes import FROM_OUTPUT
 from .kernels.geometry import (as_dilation, as_pair, as_stride, check_pool_padding, conv2d_output_hw,
                                pool_output_size, resolve_padding)
 from .ops import shortcut as _shortcut_ops
@@ -47,7 +46,10 @@ __all__ = [
     "IdentityShortcut",
 ]
 
-ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
+ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu",
+               "swish", "relu6", "hard_sigmoid", "hard_swish")
+# activation= strings take Keras's parameters (leaky_relu's negative slope 0.2, elu's alpha 1)
+_STRING_ALPHA = {"leaky_relu": 0.2, "elu": 1.0}
 
 
 def _xp(a):
@@ -58,64 +60,41 @@ def _xp(a):
     return np
 
 
-def _fast(a) -> bool:
-    """Use the Numba element-wise kernels: float32 NumPy arrays, C-contiguous."""
-    return type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous
-
-
 def _check_activation(activation):
     if activation is None:
         return "linear"
     if not isinstance(activation, str) or activation.lower() not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
-    return activation.lower()
+    a = activation.lower()
+    return "silu" if a == "swish" else a
 
 
 # ----------------------------------------------------------------------------------------------
-# element-wise helpers: Numba kernels for float32 NumPy arrays, xp expressions otherwise
+# element-wise helpers (through nbcnn.ops: CPU or CUDA kernels)
 # ----------------------------------------------------------------------------------------------
 
-def act_forward_inplace(y, act: str):
-    """``y = act(y)`` in place (``y`` is a fresh array owned by the caller). Not for softmax."""
+def act_forward_inplace(y, act: str, alpha=None):
+    """``y = act(y)`` in place (``y`` is a fresh array owned by the caller). Not for softmax.
+    For activations whose backward needs the input (gelu, ...) use :func:`act_forward`."""
     if act == "linear":
         return y
-    if _fast(y):
-        rows = y.reshape(y.shape[0], -1)
-        _ak.act_forward(rows, _ak.NO_BIAS, rows, _ak.CODES[act])
-        return y
-    xp = _xp(y)
-    if act == "relu":
-        xp.maximum(y, 0, out=y)
-    elif act == "tanh":
-        xp.tanh(y, out=y)
-    elif act == "sigmoid":
-        xp.negative(y, out=y)
-        xp.exp(y, out=y)
-        y += 1
-        xp.reciprocal(y, out=y)
-    return y
+    return ops.activation(y, act, alpha=alpha, out=y)
 
 
-def act_backward(gy, y, act: str, out=None):
-    """``gy * act'(x)`` from the forward output ``y`` (into ``out`` when given)."""
+def act_forward(z, act: str, alpha=None):
+    """``(act(z), kept)``: in place when the backward can work from the output (``kept`` None),
+    otherwise into a new array with ``kept = z``, the input the backward needs."""
+    if act in FROM_OUTPUT:
+        return act_forward_inplace(z, act), None
+    return ops.activation(z, act, alpha=alpha), z
+
+
+def act_backward(gy, y, act: str, out=None, x=None, alpha=None):
+    """``gy * act'`` from the forward output ``y`` (and its input ``x`` where the activation needs
+    it: see :func:`act_forward`), into ``out`` when given."""
     if act == "linear":
         return gy
-    if _fast(y) and _fast(gy):
-        if out is None:
-            out = np.empty_like(y)
-        shape = (y.shape[0], -1)
-        _ak.act_backward(gy.reshape(shape), y.reshape(shape), out.reshape(shape), _ak.NO_BIAS, _ak.CODES[act])
-        return out
-    if act == "relu":
-        r = gy * (y > 0)
-    elif act == "tanh":
-        r = gy * (1 - y * y)
-    else:
-        r = gy * y * (1 - y)
-    if out is not None:
-        out[...] = r
-        return out
-    return r
+    return ops.activation_backward(gy, x, act, y=y, alpha=alpha, out=out)
 
 
 def softmax(z):
@@ -406,19 +385,19 @@ class Conv2D(Layer):
         b = self.params[1] if self.use_bias else None
         y = ops.conv2d(x, self.params[0], b, self.strides, self.pads, self.dilation_rate, self.groups,
                        ctx=self._ctx if training else None)
-        act_forward_inplace(y, self.activation)
-        self._cache = (x, y) if training else None
+        y, z = act_forward(y, self.activation, _STRING_ALPHA.get(self.activation))
+        self._cache = (x, y, z) if training else None
         return y
 
     def backward(self, gy):
         if self._cache is None:
             raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
-        x, y = self._cache
+        x, y, z = self._cache
         if self.activation != "linear":
             if self._gbuf is None or self._gbuf.shape != y.shape or self._gbuf.dtype != y.dtype \
                     or type(self._gbuf) is not type(y):
                 self._gbuf = _xp(y).empty_like(y)
-            gy = act_backward(gy, y, self.activation, out=self._gbuf)
+            gy = act_backward(gy, y, self.activation, out=self._gbuf, x=z, alpha=_STRING_ALPHA.get(self.activation))
         gx, gw, gb = ops.conv2d_backward(gy, x, self.params[0], self.strides, self.pads, self.dilation_rate,
                                          self.groups, need_gx=self.need_gx, ctx=self._ctx)
         if self.trainable:
@@ -951,19 +930,24 @@ class Dense(Layer):
             x = x.astype(W.dtype)
         y = xp.matmul(x, W)
         act = self.activation
-        if _fast(y) and act != "softmax":
-            _ak.act_forward(y, self.params[1] if self.use_bias else _ak.NO_BIAS, y, _ak.CODES[act])
+        b = self.params[1] if self.use_bias else None
+        z = None
+        if act == "softmax":
+            if b is not None:
+                y += b
+            y = softmax(y)
+        elif act in FROM_OUTPUT:   # bias + activation fused, in place
+            ops.activation(y, act, bias=b, out=y)
         else:
-            if self.use_bias:
-                y += self.params[1]
-            y = softmax(y) if act == "softmax" else act_forward_inplace(y, act)
-        self._cache = (x, y) if training else None
+            z = ops.activation(y, "linear", bias=b, out=y) if b is not None else y
+            y = ops.activation(z, act, alpha=_STRING_ALPHA.get(act))
+        self._cache = (x, y, z) if training else None
         return y
 
     def backward(self, gy):
         if self._cache is None:
             raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
-        x, y = self._cache
+        x, y, z = self._cache
         self._cache = None
         xp = _xp(y)
         act = self.activation
@@ -971,16 +955,16 @@ class Dense(Layer):
                 or type(self._gbuf) is not type(y):
             self._gbuf = xp.empty_like(y)
         g = self._gbuf
+        gb = None
         if act == "softmax":
             g[...] = y * (gy - (gy * y).sum(axis=1, keepdims=True))
             gb = g.sum(axis=0) if self.use_bias else None
-        elif self.use_bias and _fast(y) and _fast(gy):
-            _ak.act_backward(gy, y, g, self.grads[1] if self.trainable else np.empty(y.shape[1], y.dtype),
-                             _ak.CODES[act])
-            gb = None
-        else:
-            g = act_backward(gy, y, act, out=g) if act != "linear" else gy
+        elif act == "linear":
+            g = gy
             gb = g.sum(axis=0) if self.use_bias else None
+        else:  # activation gradient and bias gradient (column sums) fused
+            g = ops.activation_backward(gy, z, act, y=y, alpha=_STRING_ALPHA.get(act), out=g,
+                                        bias_grad=self.grads[1] if (self.use_bias and self.trainable) else None)
         if self.trainable:
             xp.matmul(x.T, g, out=self.grads[0])
             if gb is not None:
@@ -1047,37 +1031,46 @@ class Dropout(Layer):
 # ----------------------------------------------------------------------------------------------
 
 class Activation(Layer):
-    """An element-wise activation as its own layer: ``Activation("relu")`` etc."""
+    """An element-wise activation as its own layer: ``Activation("relu")``, ``Activation("gelu")`` etc.
+
+    ``alpha``: leaky_relu's negative slope (Keras default 0.2 for the string) or elu's alpha (1).
+    """
 
     base_name = "activation"
 
-    def __init__(self, activation, name=None, input_shape=None, trainable=True):
+    def __init__(self, activation, name=None, input_shape=None, trainable=True, alpha=None):
         super().__init__(name=name, trainable=trainable, input_shape=input_shape)
         self.activation = _check_activation(activation)
+        self.alpha = _STRING_ALPHA.get(self.activation) if alpha is None else float(alpha)
 
     def forward(self, x, training=False):
         self._ensure_built(x)
+        z = None
         if self.activation == "softmax":
             if x.ndim != 2:
                 raise ValueError(f"softmax expects (N, classes) input, got shape {tuple(x.shape)}")
             y = softmax(x)
-        else:
+        elif self.activation in FROM_OUTPUT:
             y = act_forward_inplace(x.copy(), self.activation)
-        self._cache = y if training else None
+        else:
+            y, z = ops.activation(x, self.activation, alpha=self.alpha), x
+        self._cache = (y, z) if training else None
         return y
 
     def backward(self, gy):
         if self._cache is None:
             raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
-        y, self._cache = self._cache, None
+        (y, z), self._cache = self._cache, None
         if self.activation == "softmax":
             return y * (gy - (gy * y).sum(axis=1, keepdims=True))
-        return act_backward(gy, y, self.activation)
+        return act_backward(gy, y, self.activation, x=z, alpha=self.alpha)
 
     def get_config(self):
         cfg = super().get_config()
         if type(self) is Activation:
             cfg["activation"] = self.activation
+            if self.alpha is not None and self.alpha != _STRING_ALPHA.get(self.activation):
+                cfg["alpha"] = self.alpha
         return cfg
 
 
@@ -1089,7 +1082,91 @@ class _NamedActivation(Activation):
 
 
 class ReLU(_NamedActivation):
+    """``max(x, 0)``; ``ReLU(max_value=6)`` is :class:`ReLU6` (the only other cap supported)."""
+
     base_name = "relu"
+
+    def __init__(self, max_value=None, name=None, input_shape=None, trainable=True):
+        if max_value is not None and float(max_value) != 6.0:
+            raise ValueError(f"ReLU supports max_value=None or 6 (ReLU6), got {max_value!r}")
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
+        self.max_value = None if max_value is None else 6.0
+        if self.max_value is not None:
+            self.activation = "relu6"
+
+    def get_config(self):
+        cfg = super().get_config()
+        if self.max_value is not None:
+            cfg["max_value"] = self.max_value
+        return cfg
+
+
+class ReLU6(_NamedActivation):
+    """``min(max(x, 0), 6)`` (MobileNet)."""
+
+    base_name = "relu6"
+
+
+class LeakyReLU(Activation):
+    """``x`` for x > 0, ``negative_slope * x`` otherwise (Keras default slope 0.3)."""
+
+    base_name = "leaky_relu"
+
+    def __init__(self, negative_slope=0.3, name=None, input_shape=None, trainable=True):
+        super().__init__("leaky_relu", name=name, input_shape=input_shape, trainable=trainable,
+                         alpha=float(negative_slope))
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.alpha}
+
+
+class ELU(Activation):
+    """``x`` for x > 0, ``alpha * (exp(x) - 1)`` otherwise."""
+
+    base_name = "elu"
+
+    def __init__(self, alpha=1.0, name=None, input_shape=None, trainable=True):
+        super().__init__("elu", name=name, input_shape=input_shape, trainable=trainable, alpha=float(alpha))
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+class GELU(Activation):
+    """``x * Phi(x)`` (exact, erf) or its tanh approximation (``approximate=True`` or ``"tanh"``)."""
+
+    base_name = "gelu"
+
+    def __init__(self, approximate=False, name=None, input_shape=None, trainable=True):
+        if approximate not in (False, True, "none", "tanh"):
+            raise ValueError(f"approximate must be False/True or 'none'/'tanh', got {approximate!r}")
+        self.approximate = approximate in (True, "tanh")
+        super().__init__("gelu_tanh" if self.approximate else "gelu", name=name, input_shape=input_shape,
+                         trainable=trainable)
+
+    def get_config(self):
+        return {**super().get_config(), "approximate": self.approximate}
+
+
+class SiLU(_NamedActivation):
+    """``x * sigmoid(x)`` (= swish)."""
+
+    base_name = "silu"
+
+
+Swish = SiLU
+
+
+class HardSigmoid(_NamedActivation):
+    """``relu6(x + 3) / 6`` (PyTorch's hardsigmoid, Keras 3's hard_sigmoid)."""
+
+    base_name = "hard_sigmoid"
+
+
+class HardSwish(_NamedActivation):
+    """``x * relu6(x + 3) / 6`` (MobileNetV3)."""
+
+    base_name = "hard_swish"
 
 
 class Tanh(_NamedActivation):
@@ -1609,7 +1686,8 @@ class Concatenate(_Merge):
 _REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
                                      ReLU, Tanh, Sigmoid, Softmax)}
 _REGISTRY.update({c.__name__: c for c in (GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization,
-                                          LocalResponseNormalization)})
+                                          LocalResponseNormalization, ReLU6, LeakyReLU, ELU, GELU, SiLU,
+                                          HardSigmoid, HardSwish)})
 _REGISTRY["IdentityShortcut"] = IdentityShortcut
 
 

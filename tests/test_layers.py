@@ -179,7 +179,7 @@ def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="does not fit"):
         nbcnn.Sequential([L.Conv2D(2, 9, input_shape=(1, 8, 8))], device="cpu")
     with pytest.raises(ValueError, match="activation"):
-        L.Dense(3, activation="swish")
+        L.Dense(3, activation="mish")
     with pytest.raises(ValueError, match="rate"):
         L.Dropout(1.0)
     d = L.Dense(3, input_shape=(4,))

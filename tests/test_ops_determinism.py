@@ -49,6 +49,11 @@ def _run_all(case, dtype):
             *ops.batch_norm_backward(x, x, gamma, training=False, running_mean=rm, running_var=rv)]
     lctx = {}
     out += [ops.lrn(x, 5, alpha=0.1, ctx=lctx), ops.lrn_backward(x, x, 5, alpha=0.1, ctx=lctx)]
+    for name in ("gelu", "silu", "hard_swish", "tanh"):
+        out += [ops.activation(x, name), ops.activation_backward(x, x, name)]
+    rows = x.reshape(N, -1)
+    gb = np.empty(rows.shape[1], dtype)
+    out += [ops.activation_backward(rows, rows, "elu", bias_grad=gb), gb]
     return out
 
 

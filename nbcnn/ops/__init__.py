@@ -19,6 +19,11 @@ import numbers
 from ..kernels.geometry import (as_dilation, as_pair, as_stride, conv2d_output_hw, conv_output_size,
                                 effective_kernel, resolve_padding)
 from ._dispatch import array_module, backend_for, check_float, check_ndim, contiguous
+from .activations import (ACTIVATION_NAMES, activation, activation_backward, elu, elu_backward, gelu,
+                          gelu_backward, hard_sigmoid, hard_sigmoid_backward, hard_swish, hard_swish_backward,
+                          leaky_relu, leaky_relu_backward, relu6, relu6_backward, silu, silu_backward, swish,
+                          swish_backward)
+from .activations import __all__ as _act_all
 from .norm import batch_norm, batch_norm_backward, lrn, lrn_backward
 from .pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
                    global_max_pool2d, global_max_pool2d_backward, max_pool2d, max_pool2d_backward,
@@ -31,7 +36,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "conv2d_output_shape", "pool2d_output_shape",
     "global_avg_pool2d", "global_avg_pool2d_backward", "global_max_pool2d", "global_max_pool2d_backward",
-    "batch_norm", "batch_norm_backward", "lrn", "lrn_backward",
+    "batch_norm", "batch_norm_backward", "lrn", "lrn_backward", *_act_all,
     "channel_affine", "resize_bilinear", "resize_bilinear_backward",
     "ew", "ew_scale", "concat", "concat_backward",
 ]

@@ -122,3 +122,52 @@ def test_global_pools(shape, dtype):
     assert_close(got[1], want[1], dtype, "global avg gx")
     for a, w in zip(got[2:], want[2:]):
         np.testing.assert_array_equal(a, w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_match_cpu(dtype):
+    from nbcnn.kernels.act_codes import CODES
+    x = np.concatenate([_rand(40, 0, dtype, 3.0), np.array([-3, 3, 0, 6, -6], dtype)]).reshape(5, 9)
+    gy = _rand(x.shape, 1, dtype)
+    b = _rand(9, 2, dtype)
+    for name in CODES:
+        def run(x, gy, b):
+            gb = np.empty(9, dtype) if isinstance(x, np.ndarray) else __import__("cupy").empty(9, dtype)
+            y = ops.activation(x, name)
+            yb = ops.activation(x, name, bias=b)
+            g = ops.activation_backward(gy, x, name, y=y, bias_grad=gb)
+            return y, yb, g, gb
+
+        with Launches() as la:
+            got = on_cuda(run, x, gy, b)
+        assert la.delta.get("_act_bwd") == 1 and la.delta.get("_col_sum") == 1
+        # float32: the CPU kernels' rational tanh differs from the GPU's tanhf by ~1e-7
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        for a, w in zip(got, on_cpu(run, x, gy, b)):
+            assert np.abs(np.asarray(a, np.float64) - w).max() <= tol * max(1.0, np.abs(w).max()), name
+
+
+def test_bn_lrn_gap_model_on_simulated_cuda_matches_cpu():
+    import nbcnn
+    from nbcnn import layers as L
+
+    def mk(device):
+        return nbcnn.Sequential([
+            L.Conv2D(3, 3, padding=1, input_shape=(2, 6, 6)), L.BatchNormalization(), L.Activation("gelu"),
+            L.MaxPool2D(3, 2, 1, ceil_mode=True), L.LocalResponseNormalization(3, alpha=0.1),
+            L.BatchNormalization(trainable=False), L.GlobalAveragePooling2D(), L.Dense(3, activation="hard_swish")],
+            device=device, seed=1)
+
+    r = np.random.default_rng(0)
+    x = r.random((4, 2, 6, 6), dtype=np.float32)
+    y = r.integers(0, 3, 4)
+    gpu, cpu = mk("cuda"), mk("cpu")
+    assert gpu.device.simulated
+    for m in (gpu, cpu):
+        m.compile(optimizer="sgd")
+    lg = [gpu.train_on_batch(x, y) for _ in range(2)]
+    lc = [cpu.train_on_batch(x, y) for _ in range(2)]
+    np.testing.assert_allclose(lg, lc, rtol=1e-5)
+    for a, b in zip(gpu.get_weights(), cpu.get_weights()):    # incl. the moving statistics
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), atol=1e-5)

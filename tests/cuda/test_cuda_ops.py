@@ -19,6 +19,7 @@ from nbcnn import optim
 from nbcnn.ops import shortcut
 from nbcnn.device import cuda_simulator_enabled
 from nbcnn.kernels.cuda import conv as kconv
+from nbcnn.kernels.cuda import activations as kact  # noqa: F401  (kernels in the tour below)
 from nbcnn.kernels.cuda import norm as knorm  # noqa: F401  (batch norm / LRN kernels, in the tour below)
 from nbcnn.kernels.cuda import pad as kpad
 from nbcnn.kernels.cuda import pool as kpool
@@ -347,6 +348,9 @@ def test_every_kernel_runs_under_cuda_device():
         ops.ew(x, x, "add")
         ops.ew_scale(x, 2.0)
         ops.concat_backward(ops.concat([x, x], 1), [2, 2], 1)
+        rows = gy.reshape(gy.shape[0], -1)
+        ops.activation(x, "gelu")
+        ops.activation_backward(rows, rows, "silu", bias_grad=nbcnn.to_device(np.zeros(rows.shape[1], np.float32)))
         return ops.avg_pool2d(x, 2)
 
     with Launches() as n:

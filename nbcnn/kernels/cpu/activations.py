@@ -1,13 +1,14 @@
-"""Element-wise activation kernels for float32 NumPy arrays (Numba, CPU).
+"""Element-wise activation kernels (Numba, CPU), behind :func:`nbcnn.ops.activation`.
 
 Why these exist: in Numba ``np.tanh``/``np.exp`` are scalar libm calls (the
 PyPI llvmlite has no SVML), 30-60x slower than a vectorisable rational
 approximation; and fusing bias + activation (and activation gradient + bias
-gradient) saves passes over memory. The layers call these only for float32
-NumPy arrays; float64 (gradient checks) and CuPy arrays take NumPy/CuPy
-expressions in :mod:`nbcnn.layers`, which are also the reference in tests.
+gradient) saves passes over memory.
 
-Activation codes: 0 linear, 1 relu, 2 tanh, 3 sigmoid. Both kernels take
+``act_forward`` / ``act_backward`` (float32, the layers' fused Dense epilogue) know
+codes 0 linear, 1 relu, 2 tanh, 3 sigmoid. ``act_forward_any`` / ``act_backward_any``
+know every activation of :mod:`nbcnn.kernels.act_codes`, in float32 and float64
+(float64 with libm ``tanh`` / ``exp``, exact enough for gradient checks). All take
 C-contiguous 2-D row arrays and may work in place (``out`` is ``x``). There are
 only two kernels (bias optional) because each parallel kernel costs seconds of
 first-run compile time. Sigmoid is ``0.5 * tanh(x / 2) + 0.5`` on the same
@@ -16,6 +17,8 @@ are not marked ``compact_code`` (optsize): their three-array loops vectorise onl
 with run-time alias checks, which optsize forbids (relu backward ran 7x slower).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -133,3 +136,199 @@ def act_backward(gy, y, out, gb, code):
             row = out[r]
             for j in range(M):
                 gb[j] += row[j]
+
+
+# ---------------------------------------------------------------------------------------------
+# every activation (codes in nbcnn.kernels.act_codes), float32 and float64
+# ---------------------------------------------------------------------------------------------
+# ``k`` is the constant table of act_codes.constants() in the data's dtype, so that float32 data
+# stays float32 arithmetic: k[0] alpha, k[1] 1/2, k[2] 1, k[3] 3, k[4] 6, k[5] 1/6,
+# k[6] sqrt(2/pi), k[7] 0.044715, k[8] 1/sqrt(2), k[9] 1/sqrt(2 pi), k[10] 0, k[11] 1/3.
+# ``exact``: float64 uses libm tanh (gradient checks); float32 the rational tanh above.
+
+@njit(inline="always")
+def _tanh_any(v, exact):
+    return np.tanh(v) if exact else _tanh(v)
+
+
+@njit(inline="always")
+def _sigmoid_any(v, k, exact):
+    if exact:
+        return k[2] / (k[2] + np.exp(-v))
+    return k[1] * _tanh(k[1] * v) + k[1]
+
+
+@njit(inline="always")
+def _fwd_any(a, code, k, exact):
+    """a = act(a) in place (see _fwd_row for why in place)."""
+    n = a.shape[0]
+    zero = k[10]
+    if code == 1:
+        for i in range(n):
+            v = a[i]
+            a[i] = v if v > zero else zero
+    elif code == 2:
+        for i in range(n):
+            a[i] = _tanh_any(a[i], exact)
+    elif code == 3:
+        for i in range(n):
+            a[i] = _sigmoid_any(a[i], k, exact)
+    elif code == 4:
+        for i in range(n):
+            v = a[i]
+            a[i] = v if v > zero else k[0] * v
+    elif code == 5:
+        for i in range(n):
+            v = a[i]
+            a[i] = v if v > zero else k[0] * (np.exp(v) - k[2])
+    elif code == 6:
+        for i in range(n):
+            v = a[i]
+            a[i] = k[1] * v * (k[2] + math.erf(v * k[8]))
+    elif code == 7:
+        for i in range(n):
+            v = a[i]
+            a[i] = k[1] * v * (k[2] + _tanh_any(k[6] * (v + k[7] * v * v * v), exact))
+    elif code == 8:
+        for i in range(n):
+            v = a[i]
+            a[i] = v * _sigmoid_any(v, k, exact)
+    elif code == 9:
+        for i in range(n):
+            a[i] = min(max(a[i], zero), k[4])
+    elif code == 10:
+        for i in range(n):
+            a[i] = min(max(a[i] + k[3], zero), k[4]) * k[5]
+    elif code == 11:
+        for i in range(n):
+            v = a[i]
+            a[i] = v * min(max(v + k[3], zero), k[4]) * k[5]
+
+
+@njit(inline="always")
+def _bwd_any(gy, x, y, out, code, k, exact):
+    """out = gy * act'(x); codes 1-3 read the output ``y``, the others the input ``x``."""
+    n = out.shape[0]
+    zero = k[10]
+    one = k[2]
+    if code == 0:
+        for i in range(n):
+            out[i] = gy[i]
+    elif code == 1:
+        for i in range(n):
+            out[i] = gy[i] if y[i] > zero else zero
+    elif code == 2:
+        for i in range(n):
+            v = y[i]
+            out[i] = gy[i] * (one - v * v)
+    elif code == 3:
+        for i in range(n):
+            v = y[i]
+            out[i] = gy[i] * v * (one - v)
+    elif code == 4:
+        for i in range(n):
+            out[i] = gy[i] if x[i] > zero else gy[i] * k[0]
+    elif code == 5:
+        for i in range(n):
+            v = x[i]
+            out[i] = gy[i] if v > zero else gy[i] * k[0] * np.exp(v)
+    elif code == 6:
+        for i in range(n):
+            v = x[i]
+            cdf = k[1] * (one + math.erf(v * k[8]))
+            out[i] = gy[i] * (cdf + v * k[9] * np.exp(-k[1] * v * v))
+    elif code == 7:
+        for i in range(n):
+            v = x[i]
+            t = _tanh_any(k[6] * (v + k[7] * v * v * v), exact)
+            out[i] = gy[i] * (k[1] * (one + t) + k[1] * v * (one - t * t) * k[6] * (one + k[3] * k[7] * v * v))
+    elif code == 8:
+        for i in range(n):
+            v = x[i]
+            s = _sigmoid_any(v, k, exact)
+            out[i] = gy[i] * s * (one + v * (one - s))
+    elif code == 9:
+        for i in range(n):
+            v = x[i]
+            out[i] = gy[i] if (v > zero and v < k[4]) else zero
+    elif code == 10:
+        for i in range(n):
+            v = x[i]
+            out[i] = gy[i] * k[5] if (v > -k[3] and v < k[3]) else zero
+    elif code == 11:
+        for i in range(n):
+            v = x[i]
+            if v <= -k[3]:
+                out[i] = zero
+            elif v < k[3]:
+                out[i] = gy[i] * (v * k[11] + k[1])
+            else:
+                out[i] = gy[i]
+
+
+@njit(parallel=True, cache=True)
+def act_forward_any(x, b, out, code, k, exact):
+    """``out[r] = act(x[r] + b)`` on ``(R, M)`` rows of any float dtype (``b``: ``(M,)`` or empty);
+    ``out`` may be ``x``. One task per row."""
+    R, M = x.shape
+    has_bias = b.shape[0] > 0
+    inplace = x.ctypes.data == out.ctypes.data
+    for r in prange(R):
+        orow = out[r]
+        if has_bias:
+            src = x[r]
+            for j in range(M):
+                orow[j] = src[j] + b[j]
+        elif not inplace:
+            src = x[r]
+            for j in range(M):
+                orow[j] = src[j]
+        _fwd_any(orow, code, k, exact)
+
+
+@njit(parallel=True, cache=True)
+def act_backward_any(gy, x, y, out, gb, code, k, exact):
+    """``out = gy * act'(.)`` on ``(R, M)`` rows (``x``: the input, ``y``: the output; the one the
+    code does not read may be any array of the right shape); ``gb`` ``(M,)`` (or empty) gets the
+    column sums of ``out`` (a Dense bias gradient), in row order."""
+    R, M = out.shape
+    for r in prange(R):
+        _bwd_any(gy[r], x[r], y[r], out[r], code, k, exact)
+    if gb.shape[0] > 0:
+        for j in range(M):
+            gb[j] = 0
+        for r in range(R):
+            row = out[r]
+            for j in range(M):
+                gb[j] += row[j]
+
+
+# ---------------------------------------------------------------------------------------------
+# backend entry points (kernel contract: 2-D C-contiguous rows, validated by nbcnn.ops)
+# ---------------------------------------------------------------------------------------------
+
+def _table(dtype, alpha):
+    from ..act_codes import constants
+
+    return np.array(constants(alpha), dtype=dtype)
+
+
+def activation_forward(x, b, out, code, alpha):
+    """``out = act(x + b)`` on ``(R, M)`` rows; ``b`` ``(M,)`` or None; ``out`` may be ``x``."""
+    if x.dtype == np.float32 and code <= SIGMOID:
+        act_forward(x, NO_BIAS if b is None else b, out, code)
+    else:
+        bb = np.empty(0, x.dtype) if b is None else b
+        act_forward_any(x, bb, out, code, _table(x.dtype, alpha), x.dtype == np.float64)
+    return out
+
+
+def activation_backward(gy, x, y, out, gb, code, alpha):
+    """``out = gy * act'``; ``gb`` ``(M,)`` (or None) receives the column sums of ``out``."""
+    if gy.dtype == np.float32 and code <= SIGMOID and y is not None:
+        act_backward(gy, y, out, NO_BIAS if gb is None else gb, code)
+    else:
+        g = np.empty(0, gy.dtype) if gb is None else gb
+        act_backward_any(gy, y if x is None else x, x if y is None else y, out, g, code,
+                         _table(gy.dtype, alpha), gy.dtype == np.float64)
+    return out

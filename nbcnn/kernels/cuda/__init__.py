@@ -21,6 +21,7 @@ _WHERE = {
     "avg_pool2d_forward": "pool", "avg_pool2d_backward": "pool",
     "global_avg_pool2d_forward": "pool", "global_avg_pool2d_backward": "pool",
     "global_max_pool2d_forward": "pool", "global_max_pool2d_backward": "pool",
+    "activation_forward": "activations", "activation_backward": "activations",
     "batch_norm_forward": "norm", "batch_norm_backward": "norm", "lrn_forward": "norm", "lrn_backward": "norm",
     "channel_affine": "preprocess", "resize_bilinear": "preprocess", "resize_bilinear_backward": "preprocess",
 }
