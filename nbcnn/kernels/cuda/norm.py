@@ -227,7 +227,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     _bn_apply.grid3(M, N * C, 1, x3, coef, _as3(y))
     if ctx is not None:
         ctx.clear()
-        ctx.update(key=(xp_of(x).__name__, x.shape, bool(training), float(eps)), coef=coef)
+        ctx.update(key=(xp_of(x).__name__, x.shape, bool(training), float(eps)), coef=coef, x=x)
     return y
 
 
@@ -236,7 +236,7 @@ def batch_norm_backward(gy, x, gamma, eps, training, running_mean=None, running_
     x3 = _as3(x)
     N, C, M = x3.shape
     key = (xp.__name__, x.shape, bool(training), float(eps))
-    coef = ctx.get("coef") if (ctx is not None and ctx.get("key") == key) else None
+    coef = ctx.get("coef") if (ctx is not None and ctx.get("key") == key and ctx.get("x") is x) else None
     if coef is None:
         dummy = xp.zeros(C, x.dtype)
         rm = dummy if running_mean is None else running_mean
@@ -264,14 +264,14 @@ def lrn_forward(x, size, alpha, beta, k, ctx=None):
     _lrn_fwd.grid3(M, N * C, 1, x3, int(size), f(alpha / size), f(beta), f(k), _as3(y), _as3(scale))
     if ctx is not None:
         ctx.clear()
-        ctx.update(key=(xp.__name__, x.shape, size, alpha, beta, k), scale=scale)
+        ctx.update(key=(xp.__name__, x.shape, size, alpha, beta, k), scale=scale, x=x)
     return y
 
 
 def lrn_backward(gy, x, size, alpha, beta, k, ctx=None):
     xp = xp_of(gy)
     key = (xp.__name__, x.shape, size, alpha, beta, k)
-    scale = ctx.get("scale") if (ctx is not None and ctx.get("key") == key) else None
+    scale = ctx.get("scale") if (ctx is not None and ctx.get("key") == key and ctx.get("x") is x) else None
     x3 = _as3(x)
     N, C, M = x3.shape
     f = x.dtype.type
