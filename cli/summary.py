@@ -44,8 +44,10 @@ def summary_text(model, explain: bool = False, batch_size: int = 1) -> str:
               help="Work out each layer's arithmetic: output size, receptive field, multiply-adds, memory.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size for the totals of --explain (training FLOPs, activation memory).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="PNG",
+              help="Also draw the graph of layers to this PNG (needs matplotlib).")
 @common.verbose_option
-def summary(model, num_classes, input_shape, explain, batch_size):
+def summary(model, num_classes, input_shape, explain, batch_size, plot_path):
     """Print the layer table of MODEL: a model file or a zoo name (lenet5, alexnet, vgg16, ...).
 
     Shows each layer's output shape and parameter count, then the total,
@@ -60,3 +62,14 @@ def summary(model, num_classes, input_shape, explain, batch_size):
     else:
         net = loading.build_zoo_model(model, num_classes=num_classes, input_shape=shape)
     common.echo(summary_text(net, explain=explain, batch_size=batch_size).rstrip("\n"))
+    if plot_path is not None:
+        from nbcnn.graph_plot import plot_graph
+        from nbcnn.plots import PlotUnavailable
+
+        try:
+            plot_graph(net, plot_path)
+        except PlotUnavailable as exc:
+            raise common.UserError(str(exc)) from None
+        except OSError as exc:
+            raise common.UserError(f"cannot write {plot_path}: {exc.strerror or exc}") from None
+        common.echo(f"graph written to {plot_path}")

@@ -60,3 +60,25 @@ def test_cli_summary_explain(tmp_path):
     assert "receptive field" in res.output and "training step at batch 8" in res.output
     res = CliRunner().invoke(cli, ["summary", "lenet5", "--batch", "0"])
     assert res.exit_code != 0
+
+
+def test_cli_summary_plot_draws_the_graph(tmp_path):
+    import pytest
+    from click.testing import CliRunner
+
+    from nbcnn import plots
+    from nbcnn.cli.main import cli
+
+    if not plots.matplotlib_available():
+        pytest.skip("matplotlib not installed")
+    x = nbcnn.Input((1, 8, 8))
+    a = L.Conv2D(2, 3, padding=1)(x)
+    m = nbcnn.Model(x, L.Dense(2)(L.Flatten()(L.Add()([a, L.Conv2D(2, 3, padding=1)(a)]))))
+    m.save(tmp_path / "m.nbcnn")
+    out = tmp_path / "g.png"
+    res = CliRunner().invoke(cli, ["summary", str(tmp_path / "m.nbcnn"), "--plot", str(out)])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
