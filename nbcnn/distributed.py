@@ -60,16 +60,63 @@ class DistributedError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 
 def _mpi(initialize: bool = True):
-    """``mpi4py.MPI``, initialised (thread level MULTIPLE: the watchdog may call Abort)."""
+    """``mpi4py.MPI``, initialised (thread level MULTIPLE: the watchdog may call Abort).
+
+    ``MPI_Init`` waits for every rank of the job, holding the GIL; a rank that died before it
+    would leave this one waiting forever, so a forked watchdog process ends this one after
+    ``$NBCNN_MPI_TIMEOUT`` seconds unless the initialisation closes its pipe first.
+    """
     import mpi4py
 
-    if not initialize:
-        mpi4py.rc.initialize = False
-    from mpi4py import MPI
+    mpi4py.rc.initialize = False  # initialise here, under the watchdog, not at import
+    mpi4py.rc.finalize = True     # ... but still finalise at exit (a rank that exits without
+    from mpi4py import MPI        # MPI_Finalize makes the launcher kill the whole job)
 
-    if initialize and not MPI.Is_initialized():
-        MPI.Init_thread(MPI.THREAD_MULTIPLE)
+    if initialize and not MPI.Is_initialized() and not MPI.Is_finalized():
+        timeout = float(os.environ.get("NBCNN_MPI_TIMEOUT", DEFAULT_TIMEOUT_S))
+
+        watch = _init_watchdog(timeout)
+        try:
+            MPI.Init_thread(MPI.THREAD_MULTIPLE)
+        finally:
+            if watch is not None:
+                os.close(watch[0])
+                os.waitpid(watch[1], 0)
+        import atexit
+
+        atexit.register(_finalize, MPI)
     return MPI
+
+
+def _finalize(MPI):
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+
+
+def _init_watchdog(timeout: float):
+    """Fork a process that kills this one if the pipe it is given stays open ``timeout`` s."""
+    import select
+    import signal
+
+    try:
+        r, w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+    except (OSError, AttributeError):  # no fork (or no resources): go without the guard
+        return None
+    if pid == 0:  # the watchdog: only system calls until it exits
+        try:
+            os.close(w)
+            ready, _, _ = select.select([r], [], [], timeout)
+            if not ready:
+                os.write(2, (f"nbcnn: distributed training aborted: MPI did not start within {timeout:g} s "
+                             "(another rank may have failed before it reached MPI; "
+                             "$NBCNN_MPI_TIMEOUT)\n").encode())
+                os.kill(parent, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.close(r)
+    return w, pid
 
 
 def mpi_available() -> tuple[bool, str]:
@@ -118,12 +165,23 @@ class Communicator:
         self.stats = {"allreduce_wait_s": 0.0, "steps": 0, "early_buckets": 0}
         self._lock = threading.Lock()
         self._watchdog = None
-        me = json.dumps([socket.gethostname(), os.getpid()]).encode()
-        peers = self.comm.allgather(me)  # unguarded: nothing to watch yet, and the launcher just started us
-        peers = [json.loads(p) for p in peers]
+        # who runs where: (host hash, pid) of every rank, for the watchdog. Polled with a deadline:
+        # a rank that died before reaching here (an import error) must not hang the others.
         host = socket.gethostname()
-        self._local_peers = [(r, pid) for r, (h, pid) in enumerate(peers) if h == host and r != self.rank]
-        self.hosts = sorted({h for h, _ in peers})
+        me = np.array([int.from_bytes(hashlib.sha256(host.encode()).digest()[:7], "little"), os.getpid()],
+                      np.int64)
+        peers = np.empty(2 * self.size, np.int64)
+        req = self.comm.Iallgather(me, peers)
+        deadline = time.monotonic() + self.timeout
+        while not req.Test():
+            if time.monotonic() > deadline:
+                self.abort(f"rank {self.rank} waited {self.timeout:g} s for the other ranks to start "
+                           "(one may have failed before it reached MPI; $NBCNN_MPI_TIMEOUT)")
+            time.sleep(0.001)
+        peers = peers.reshape(self.size, 2)
+        self._local_peers = [(r, int(pid)) for r, (h, pid) in enumerate(peers)
+                             if h == me[0] and r != self.rank]
+        self.hosts = sorted({int(h) for h, _ in peers})
 
     @property
     def is_root(self) -> bool:
@@ -173,6 +231,7 @@ class Communicator:
         with self._lock:
             sys.stderr.write(f"nbcnn: distributed training aborted: {message}\n")
             sys.stderr.flush()
+            time.sleep(0.3)  # let the launcher forward the message before Abort tears the job down
             comm = self.MPI.COMM_WORLD
             comm.Abort(code)
 

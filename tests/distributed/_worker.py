@@ -190,6 +190,8 @@ def fault(comm, out, how):
 def main():
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     mode, out = sys.argv[1], sys.argv[2]
+    if mode == "fault-early" and os.environ.get("PMI_RANK") == "1":
+        sys.exit(3)  # fails before it ever reaches MPI (an import error, a bad environment)
     comm = distributed.init()
     if mode.startswith("fault-"):
         fault(comm, out, mode.split("-", 1)[1])

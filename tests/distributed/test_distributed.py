@@ -79,9 +79,10 @@ def test_mismatched_models_are_refused_on_every_rank(run_worker, tmp_path):
     assert not list(tmp_path.glob("trained*"))
 
 
-@pytest.mark.parametrize("how", ["kill", "raise", "exit"])
+@pytest.mark.parametrize("how", ["kill", "raise", "exit", "early"])
 def test_a_failing_rank_ends_the_job(run_worker, how):
-    """Rank 1 dies mid-training (SIGKILL, an exception) or never trains: the job ends non-zero,
+    """Rank 1 dies mid-training (SIGKILL, an exception), never trains, or fails before MPI starts:
+    the job ends non-zero,
     well within 60 s, and says why."""
     t0 = time.monotonic()
     proc = run_worker(2, f"fault-{how}", timeout=120, env={"NBCNN_MPI_TIMEOUT": "5"})
@@ -93,5 +94,7 @@ def test_a_failing_rank_ends_the_job(run_worker, how):
         assert "rank 1 of 2 raised MemoryError: simulated out of memory" in out
     elif how == "exit":  # rank 1 sits in MPI_Finalize: rank 0's collective times out
         assert "rank 0 waited" in out and "another rank is stuck or gone" in out
+    elif how == "early":  # rank 1 never started MPI: rank 0 gives up waiting for it
+        assert "MPI did not start within 5 s" in out
     else:
         assert "BAD TERMINATION" in out or "Killed" in out or "signal 9" in out
