@@ -215,6 +215,120 @@ def _pool_case(kind: str):
     return build
 
 
+def _bn_case(shape, mode, dev, torch, dtype, rng) -> Case:
+    """Training-mode batch norm (running statistics updated in place), forward or forward+backward."""
+    import numpy as np
+
+    from .. import ops
+
+    C = shape[1]
+    x = rng.standard_normal(shape).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    g, b = (rng.standard_normal(C).astype(dtype) for _ in range(2))
+    (xd, gyd, gd, bd), tt = _pair(dev, torch, x, gy, g, b)
+    rm, rv = dev.put(np.zeros(C, dtype)), dev.put(np.ones(C, dtype))
+    ctx: dict = {}
+    if mode == "fwd":
+        def ours():
+            return ops.batch_norm(xd, gd, bd, rm, rv, training=True)
+    else:
+        def ours():
+            y = ops.batch_norm(xd, gd, bd, rm, rv, training=True, ctx=ctx)
+            return (y, *ops.batch_norm_backward(gyd, xd, gd, ctx=ctx))
+    case = Case({"nbcnn": dev.bind(ours)}, None, "({},{},{},{})".format(*shape))
+    if torch is not None:
+        trm, trv = torch.zeros(C, device=tt[0].device), torch.ones(C, device=tt[0].device)
+        trm, trv = trm.to(tt[0].dtype), trv.to(tt[0].dtype)
+        f = lambda a, g_, b_: torch.nn.functional.batch_norm(a, trm, trv, g_, b_, training=True)  # noqa: E731
+        tin = [tt[0], tt[2], tt[3]]
+        tfn = _torch_fwd_fn(torch, f, tin) if mode == "fwd" else _torch_grad_fn(torch, f, tin, tt[1])
+        case.variants["torch"] = tfn
+        case.check = _make_check(dev, case.variants["nbcnn"], tfn, ("y", "gx", "ggamma", "gbeta"))
+    return case
+
+
+def _lrn_case(shape, mode, dev, torch, dtype, rng) -> Case:
+    from .. import ops
+
+    x = rng.standard_normal(shape).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    (xd, gyd), tt = _pair(dev, torch, x, gy)
+    ctx: dict = {}
+    if mode == "fwd":
+        def ours():
+            return ops.lrn(xd, 5)
+    else:
+        def ours():
+            return ops.lrn(xd, 5, ctx=ctx), ops.lrn_backward(gyd, xd, 5, ctx=ctx)
+    case = Case({"nbcnn": dev.bind(ours)}, None, "({},{},{},{}) size 5".format(*shape))
+    if torch is not None:
+        f = lambda a: torch.nn.functional.local_response_norm(a, 5)  # noqa: E731
+        tfn = _torch_fwd_fn(torch, f, tt[:1]) if mode == "fwd" else _torch_grad_fn(torch, f, tt[:1], tt[1])
+        case.variants["torch"] = tfn
+        case.check = _make_check(dev, case.variants["nbcnn"], tfn, ("y", "gx"))
+    return case
+
+
+def _global_pool_case(kind: str):
+    def build(shape, mode, dev, torch, dtype, rng) -> Case:
+        from .. import ops
+
+        x = rng.standard_normal(shape).astype(dtype)
+        gy = rng.standard_normal(shape[:2]).astype(dtype)
+        (xd, gyd), tt = _pair(dev, torch, x, gy)
+        fwd, bwd = getattr(ops, f"global_{kind}_pool2d"), getattr(ops, f"global_{kind}_pool2d_backward")
+        ctx: dict = {}
+        kw = {"ctx": ctx} if kind == "max" else {}
+        if mode == "fwd":
+            def ours():
+                return fwd(xd)
+        else:
+            def ours():
+                return fwd(xd, **kw), bwd(gyd, xd, **kw)
+        case = Case({"nbcnn": dev.bind(ours)}, None, "({},{},{},{})".format(*shape))
+        if torch is not None:
+            F = torch.nn.functional
+            f = (lambda a: F.adaptive_avg_pool2d(a, 1).flatten(1)) if kind == "avg" else \
+                (lambda a: F.adaptive_max_pool2d(a, 1).flatten(1))
+            tfn = _torch_fwd_fn(torch, f, tt[:1]) if mode == "fwd" else _torch_grad_fn(torch, f, tt[:1], tt[1])
+            case.variants["torch"] = tfn
+            case.check = _make_check(dev, case.variants["nbcnn"], tfn, ("y", "gx"))
+        return case
+
+    return build
+
+
+_TORCH_ACT = {"gelu": ("gelu", {}), "gelu_tanh": ("gelu", {"approximate": "tanh"}), "silu": ("silu", {}),
+              "leaky_relu": ("leaky_relu", {}), "elu": ("elu", {}), "relu6": ("relu6", {}),
+              "hard_sigmoid": ("hardsigmoid", {}), "hard_swish": ("hardswish", {})}
+
+
+def _act_case(name: str):
+    def build(shape, mode, dev, torch, dtype, rng) -> Case:
+        from .. import ops
+
+        x = rng.standard_normal(shape).astype(dtype)
+        gy = rng.standard_normal(shape).astype(dtype)
+        (xd, gyd), tt = _pair(dev, torch, x, gy)
+        if mode == "fwd":
+            def ours():
+                return ops.activation(xd, name)
+        else:
+            def ours():
+                return ops.activation(xd, name), ops.activation_backward(gyd, xd, name)
+        case = Case({"nbcnn": dev.bind(ours)}, None, "({},{},{},{})".format(*shape))
+        if torch is not None:
+            tname, kw = _TORCH_ACT[name]
+            tf = getattr(torch.nn.functional, tname)
+            f = lambda a: tf(a, **kw)  # noqa: E731
+            tfn = _torch_fwd_fn(torch, f, tt[:1]) if mode == "fwd" else _torch_grad_fn(torch, f, tt[:1], tt[1])
+            case.variants["torch"] = tfn
+            case.check = _make_check(dev, case.variants["nbcnn"], tfn, ("y", "gx"))
+        return case
+
+    return build
+
+
 def _conv_target(mode, shape_name):
     if mode != "fwd+bwd":
         return None
@@ -226,6 +340,14 @@ OPS: dict[str, OpBench] = {
     "conv": OpBench(conv_case, conv_shapes=True, target=_conv_target),
     "max_pool": OpBench(_pool_case("max"), target={"fwd": 0.3, "fwd+bwd": 0.3}, group="pool"),
     "avg_pool": OpBench(_pool_case("avg"), target={"fwd": 0.3, "fwd+bwd": 0.3}, group="pool"),
+    "batch_norm": OpBench(_bn_case, shape=(32, 64, 56, 56), target={"fwd+bwd": 0.5}, group="norm"),
+    "batch_norm_small": OpBench(_bn_case, shape=(128, 16, 32, 32), target={"fwd+bwd": 0.5}, group="norm"),
+    "lrn": OpBench(_lrn_case, shape=(8, 96, 55, 55), target={"fwd+bwd": 0.5}, group="norm"),
+    "global_avg_pool": OpBench(_global_pool_case("avg"), shape=(32, 512, 7, 7), target={"fwd+bwd": 0.5},
+                               group="global_pool"),
+    "global_max_pool": OpBench(_global_pool_case("max"), shape=(32, 512, 7, 7), target={"fwd+bwd": 0.5},
+                               group="global_pool"),
+    **{f"act_{n}": OpBench(_act_case(n), shape=(32, 64, 56, 56), group="act") for n in _TORCH_ACT},
 }
 
 
