@@ -40,12 +40,15 @@ def test_interleave_ranks_a_slower_callable():
 
 
 def test_run_ops_tiny_without_torch():
-    rep = bench.run_ops("all", [TINY], compare=None, rounds=1, round_s=0.0, pool_shape=(2, 2, 4, 4))
+    others = [n for n in bench.OPS if n not in ("conv", "max_pool", "avg_pool")]   # norm, act, ... rows
+    rep = bench.run_ops("all", [TINY], compare=None, rounds=1, round_s=0.0, pool_shape=(2, 2, 4, 4),
+                        op_shapes={n: (2, 3, 4, 4) for n in others})
     assert rep["kind"] == "ops"
     cases = [(r["op"], r["shape"], r["mode"]) for r in rep["results"]]
     assert cases == [("conv", "tiny", "fwd"), ("conv", "tiny", "fwd+bwd"),
                      ("max_pool", "pool", "fwd"), ("max_pool", "pool", "fwd+bwd"),
-                     ("avg_pool", "pool", "fwd"), ("avg_pool", "pool", "fwd+bwd")]
+                     ("avg_pool", "pool", "fwd"), ("avg_pool", "pool", "fwd+bwd"),
+                     *[(n, n, m) for n in others for m in ("fwd", "fwd+bwd")]]
     conv = rep["results"][1]
     assert conv["flops"] == 3 * TINY.flops_fwd and conv["nbcnn_ms"] > 0 and conv["torch_ms"] is None
     json.dumps(rep)  # the report is JSON-able as it is
@@ -89,7 +92,7 @@ def test_rel_err_flags_shape_and_nan_mismatches():
 
 
 def test_bad_arguments_are_clear(monkeypatch):
-    with pytest.raises(ValueError, match="op must be conv, pool or all"):
+    with pytest.raises(ValueError, match="op must be conv, pool, norm, global_pool, act or all"):
         bench.run_ops("gemm", compare=None)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         bench.run_ops("pool", device="tpu", compare=None)
