@@ -25,7 +25,7 @@ kernel calls for any thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..geometry import conv2d_output_hw, effective_kernel, phase_plane_size
 from . import conv, depthwise
@@ -36,8 +36,10 @@ def conv2d_forward(x, w, b, stride, pads, ctx=None, dilation=(1, 1), groups=1):
     if groups == 1 and dilation == (1, 1):
         return conv.conv2d_forward(x, w, b, stride, pads, ctx)
     if ctx is not None:
-        ctx.clear()
-        ctx["key"] = (x.shape, w.shape, tuple(stride), tuple(pads), dilation, groups)
+        key = (x.shape, w.shape, tuple(stride), tuple(pads), dilation, groups)
+        if ctx.get("key") != key:
+            ctx.clear()        # the sub-contexts and buffers below are kept while the shapes stay
+        ctx["key"] = key
         ctx["x"] = x
     if groups == x.shape[1] and w.shape[1] == 1:
         return depthwise.forward(x, w, b, stride, pads, dilation)
@@ -61,11 +63,14 @@ def conv2d_backward(gy, x, w, stride, pads, need_gx=True, ctx=None, dilation=(1,
 
 # ---------------------------------------------------------------- grouped
 
-@njit(parallel=True, cache=True)
+# The channel copies are serial on purpose (as conv.py's layout copies): memory-bound passes
+# that 2 threads speed up little, while a parallel region's barrier stalls on a loaded machine.
+
+@njit(cache=True)
 def _take_channels(x, c0, out):
     """out[n, c] = x[n, c0 + c]: one group's channels as a C-contiguous block."""
     N, Cg = out.shape[0], out.shape[1]
-    for t in prange(N * Cg):
+    for t in range(N * Cg):
         n = t // Cg
         c = t - n * Cg
         src = x[n, c0 + c]
@@ -77,11 +82,11 @@ def _take_channels(x, c0, out):
                 d[v] = s[v]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _put_channels(src, out, c0):
     """out[n, c0 + c] = src[n, c]."""
     N, Cg = src.shape[0], src.shape[1]
-    for t in prange(N * Cg):
+    for t in range(N * Cg):
         n = t // Cg
         c = t - n * Cg
         s2 = src[n, c]
@@ -94,11 +99,13 @@ def _put_channels(src, out, c0):
 
 
 def _group_input(x, g, Cg, ctx):
-    """Group g's input block, copied once per forward (kept in ctx for the backward)."""
+    """Group g's input block, copied once per forward (kept in ctx for the backward; the
+    buffer is reused from step to step)."""
     key = ("xg", g)
-    if ctx is not None and ctx.get(key) is not None:
-        return ctx[key]
-    xg = np.empty((x.shape[0], Cg) + x.shape[2:], dtype=x.dtype)
+    shape = (x.shape[0], Cg) + x.shape[2:]
+    xg = ctx.get(key) if ctx is not None else None
+    if xg is None or xg.shape != shape or xg.dtype != x.dtype:
+        xg = np.empty(shape, dtype=x.dtype)
     _take_channels(x, g * Cg, xg)
     if ctx is not None:
         ctx[key] = xg
@@ -161,12 +168,13 @@ def _dense_or_grouped_backward(gy, x, w, stride, pads, groups, need_gx, ctx):
 
 
 # ---------------------------------------------------------------- dilated
+# (the layout passes are serial, like the channel copies above)
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _space_to_batch(x, dh, dw, pt, pl, Hq, Wq, xs):
     """xs[(a*dw + b)*N + n, c, u, v] = xpad[n, c, u*dh + a, v*dw + b] (0 in the padding and beyond)."""
     N, C, H, W = x.shape
-    for t in prange(dh * dw * N * C):
+    for t in range(dh * dw * N * C):
         c = t % C
         r = t // C
         n = r % N
@@ -183,33 +191,39 @@ def _space_to_batch(x, dh, dw, pt, pl, Hq, Wq, xs):
                     d[v] = 0
                 continue
             s = src[h]
-            for v in range(Wq):
-                j = v * dw + b - pl
-                d[v] = s[j] if 0 <= j < W else 0
+            v0 = min(max(0, -((b - pl) // dw)), Wq)          # first v with v*dw + b - pl >= 0
+            v1 = max(min(Wq, (W - 1 + pl - b) // dw + 1), v0)
+            for v in range(v0):
+                d[v] = 0
+            for v in range(v0, v1):
+                d[v] = s[v * dw + b - pl]
+            for v in range(v1, Wq):
+                d[v] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _batch_to_space(ys, dh, dw, N, y):
     """y[n, k, u*dh + a, v*dw + b] = ys[(a*dw + b)*N + n, k, u, v] for the positions inside y."""
     K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
-    for t in prange(N * K):
-        n = t // K
-        k = t - n * K
-        dst = y[n, k]
-        for oh in range(Ho):
-            u = oh // dh
-            a = oh - u * dh
-            d = dst[oh]
-            for ow in range(Wo):
-                v = ow // dw
-                d[ow] = ys[(a * dw + ow - v * dw) * N + n, k, u, v]
+    for n in range(N):
+        for k in range(K):
+            dst = y[n, k]
+            for a in range(dh):
+                for b in range(dw):
+                    src = ys[(a * dw + b) * N + n, k]
+                    nv = (Wo - b + dw - 1) // dw
+                    for u in range((Ho - a + dh - 1) // dh):
+                        s = src[u]
+                        d = dst[u * dh + a]
+                        for v in range(nv):
+                            d[v * dw + b] = s[v]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _space_to_batch_grad(gy, dh, dw, Hu, Wu, gys):
     """Inverse of _batch_to_space for gradients: gys gets gy's values, zero where no output exists."""
     N, K, Ho, Wo = gy.shape
-    for t in prange(dh * dw * N * K):
+    for t in range(dh * dw * N * K):
         k = t % K
         r = t // K
         n = r % N
@@ -230,23 +244,24 @@ def _space_to_batch_grad(gy, dh, dw, Hu, Wu, gys):
                 d[v] = s[ow] if ow < Wo else 0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _batch_to_space_grad(gxs, dh, dw, pt, pl, gx):
     """gx[n, c, h, w] = gxs[phase of (h + pt, w + pl), c, (h + pt) // dh, (w + pl) // dw]."""
     N, C, H, W = gx.shape
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        dst = gx[n, c]
-        for h in range(H):
-            hp = h + pt
-            u = hp // dh
-            a = hp - u * dh
-            d = dst[h]
-            for j in range(W):
-                wp = j + pl
-                v = wp // dw
-                d[j] = gxs[(a * dw + wp - v * dw) * N + n, c, u, v]
+    for n in range(N):
+        for c in range(C):
+            dst = gx[n, c]
+            for h in range(H):
+                hp = h + pt
+                u = hp // dh
+                a = hp - u * dh
+                d = dst[h]
+                for b in range(dw):
+                    j0 = (b - pl) % dw               # first column j with (j + pl) % dw == b
+                    v0 = (j0 + pl) // dw
+                    s = gxs[(a * dw + b) * N + n, c, u]
+                    for q in range((W - j0 + dw - 1) // dw):
+                        d[j0 + q * dw] = s[v0 + q]
 
 
 def _phase_shape(x_shape, pads, dilation):
