@@ -92,7 +92,7 @@ def test_rel_err_flags_shape_and_nan_mismatches():
 
 
 def test_bad_arguments_are_clear(monkeypatch):
-    with pytest.raises(ValueError, match="op must be conv, pool, norm, global_pool, act or all"):
+    with pytest.raises(ValueError, match="op must be conv, pool, norm, global_pool, conv_modern, act or all"):
         bench.run_ops("gemm", compare=None)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
         bench.run_ops("pool", device="tpu", compare=None)

@@ -186,6 +186,48 @@ def conv_case(shape: ConvShape, mode, dev, torch, dtype, rng) -> Case:
     return case
 
 
+def _conv_general_case(k: int, stride: int, pad: int, dilation: int = 1, groups=1, K=None):
+    """Depthwise (groups="C"), grouped or dilated convolution on an (N, C, H, W) input.
+
+    ``groups`` shrinks to gcd(groups, C) on inputs it does not divide (the tiny test shapes);
+    ``K`` defaults to C.
+    """
+    def build(shape, mode, dev, torch, dtype, rng) -> Case:
+        from .. import ops
+
+        N, C, H, W = shape
+        g = C if groups == "C" else math.gcd(groups, C)
+        Kc = C if K is None else K
+        x = rng.standard_normal(shape).astype(dtype)
+        w = (rng.standard_normal((Kc, C // g, k, k)) / math.sqrt(C // g * k * k)).astype(dtype)
+        oshape = ops.conv2d_output_shape(shape, w.shape, stride, pad, dilation, g)
+        gy = rng.standard_normal(oshape).astype(dtype)
+        (xd, wd, gyd), tt = _pair(dev, torch, x, w, gy)
+        ctx: dict = {}
+        if mode == "fwd":
+            def ours():
+                return ops.conv2d(xd, wd, None, stride, pad, dilation, g)
+        else:
+            def ours():
+                y = ops.conv2d(xd, wd, None, stride, pad, dilation, g, ctx=ctx)
+                gx, gw, _ = ops.conv2d_backward(gyd, xd, wd, stride, pad, dilation, g, ctx=ctx)
+                return y, gx, gw
+        label = "({},{},{},{})".format(*shape) + f"->{Kc} {k}x{k} s{stride} p{pad}" \
+            + (f" d{dilation}" if dilation != 1 else "") + (f" g{g}" if g != 1 else "")
+        flops = 2 * N * Kc * oshape[2] * oshape[3] * (C // g) * k * k
+        case = Case({"nbcnn": dev.bind(ours)}, None, label, flops * (1 if mode == "fwd" else 3))
+        if torch is not None:
+            F = torch.nn.functional
+            conv = lambda a, b: F.conv2d(a, b, None, stride, pad, dilation, g)  # noqa: E731
+            tfn = _torch_fwd_fn(torch, conv, tt[:2]) if mode == "fwd" else _torch_grad_fn(torch, conv, tt[:2],
+                                                                                           tt[2])
+            case.variants["torch"] = tfn
+            case.check = _make_check(dev, case.variants["nbcnn"], tfn, ("y", "gx", "gw"))
+        return case
+
+    return build
+
+
 def _pool_case(kind: str):
     def build(shape, mode, dev, torch, dtype, rng) -> Case:
         from .. import ops
@@ -347,6 +389,18 @@ OPS: dict[str, OpBench] = {
                                group="global_pool"),
     "global_max_pool": OpBench(_global_pool_case("max"), shape=(32, 512, 7, 7), target={"fwd+bwd": 0.5},
                                group="global_pool"),
+    "depthwise": OpBench(_conv_general_case(3, 1, 1, groups="C"), shape=(32, 32, 112, 112),
+                         target={"fwd+bwd": 0.5}, group="conv_modern"),
+    "depthwise_s2": OpBench(_conv_general_case(3, 2, 1, groups="C"), shape=(32, 64, 112, 112),
+                            target={"fwd+bwd": 0.5}, group="conv_modern"),
+    "depthwise_28": OpBench(_conv_general_case(3, 1, 1, groups="C"), shape=(32, 256, 28, 28),
+                            target={"fwd+bwd": 0.5}, group="conv_modern"),
+    "depthwise_14": OpBench(_conv_general_case(3, 1, 1, groups="C"), shape=(32, 512, 14, 14),
+                            target={"fwd+bwd": 0.5}, group="conv_modern"),
+    "grouped_conv": OpBench(_conv_general_case(5, 1, 2, groups=2, K=256), shape=(8, 96, 27, 27),
+                            target={"fwd+bwd": 1.0}, group="conv_modern"),
+    "dilated_conv": OpBench(_conv_general_case(3, 1, 2, dilation=2, K=64), shape=(32, 64, 32, 32),
+                            target={"fwd+bwd": 1.0}, group="conv_modern"),
     **{f"act_{n}": OpBench(_act_case(n), shape=(32, 64, 56, 56), group="act") for n in _TORCH_ACT},
 }
 
