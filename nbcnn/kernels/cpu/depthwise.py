@@ -65,8 +65,9 @@ def _fill(xc, sh, sw, pt, pl, Hq, Wq, buf):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _forward(x, w, b, M, sh, sw, pt, pl, Hq, Wq, toff, ti, tj, y):
-    """y[n, c*M + m] = depthwise correlation of x[n, c] with w[c*M + m, 0] + b; one task per (n, c).
+def _forward(x, w, b, M, sh, sw, pt, pl, Hq, Wq, toff, ti, tj, CB, y):
+    """y[n, c*M + m] = depthwise correlation of x[n, c] with w[c*M + m, 0] + b; one task per
+    (image, block of CB channels), so small planes do not pay a task and its buffers each.
 
     toff/ti/tj: the taps padded to a multiple of 3 (padding taps have ti = -1: weight 0).
     """
@@ -75,36 +76,46 @@ def _forward(x, w, b, M, sh, sw, pt, pl, Hq, Wq, toff, ti, tj, y):
     T = toff.shape[0]
     L = (Ho - 1) * Wq + Wo
     S = sh * sw
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
+    nb = (C + CB - 1) // CB
+    for t in prange(N * nb):
+        n = t // nb
+        cb = t - n * nb
         buf = np.empty(S * Hq * Wq, dtype=x.dtype)
-        _fill(x[n, c], sh, sw, pt, pl, Hq, Wq, buf)
         acc = np.empty(L, dtype=x.dtype)
         wv = np.zeros(T, dtype=x.dtype)
-        for m in range(M):
-            k = c * M + m
-            for r in range(T):
-                wv[r] = w[k, 0, ti[r], tj[r]] if ti[r] >= 0 else 0
-            bk = b[k]
-            for q0 in range(0, L, CHUNK):
-                q1 = min(L, q0 + CHUNK)
-                a = acc[q0:q1]
+        for c in range(cb * CB, min(C, (cb + 1) * CB)):
+            _fill(x[n, c], sh, sw, pt, pl, Hq, Wq, buf)
+            _forward_plane(buf, w, b, c, M, L, Hq, Wq, toff, ti, tj, acc, wv, y[n])
+
+
+@njit(cache=True, fastmath=True)
+def _forward_plane(buf, w, b, c, M, L, Hq, Wq, toff, ti, tj, acc, wv, yn):
+    """The M output planes of input channel c from its filled phase buffer."""
+    T = toff.shape[0]
+    Ho, Wo = yn.shape[1], yn.shape[2]
+    for m in range(M):
+        k = c * M + m
+        for r in range(T):
+            wv[r] = w[k, 0, ti[r], tj[r]] if ti[r] >= 0 else 0
+        bk = b[k]
+        for q0 in range(0, L, CHUNK):
+            q1 = min(L, q0 + CHUNK)
+            a = acc[q0:q1]
+            for q in range(q1 - q0):
+                a[q] = bk
+            for r in range(0, T, 3):
+                s0 = buf[toff[r] + q0:toff[r] + q1]
+                s1 = buf[toff[r + 1] + q0:toff[r + 1] + q1]
+                s2 = buf[toff[r + 2] + q0:toff[r + 2] + q1]
+                w0, w1, w2 = wv[r], wv[r + 1], wv[r + 2]
                 for q in range(q1 - q0):
-                    a[q] = bk
-                for r in range(0, T, 3):
-                    s0 = buf[toff[r] + q0:toff[r] + q1]
-                    s1 = buf[toff[r + 1] + q0:toff[r + 1] + q1]
-                    s2 = buf[toff[r + 2] + q0:toff[r + 2] + q1]
-                    w0, w1, w2 = wv[r], wv[r + 1], wv[r + 2]
-                    for q in range(q1 - q0):
-                        a[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
-            yk = y[n, k]
-            for oh in range(Ho):
-                src = acc[oh * Wq:oh * Wq + Wo]
-                dst = yk[oh]
-                for ow in range(Wo):
-                    dst[ow] = src[ow]
+                    a[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
+        yk = yn[k]
+        for oh in range(Ho):
+            src = acc[oh * Wq:oh * Wq + Wo]
+            dst = yk[oh]
+            for ow in range(Wo):
+                dst[ow] = src[ow]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -234,7 +245,8 @@ def forward(x, w, b, stride, pads, dilation=(1, 1)):
     N, K = x.shape[0], w.shape[0]
     y = np.empty((N, K, p.Ho, p.Wo), dtype=x.dtype)
     bias = b if b is not None else np.zeros(K, dtype=x.dtype)
-    _forward(x, w, bias, p.M, stride[0], stride[1], pads[0], pads[2], p.Hq, p.Wq, p.toff3, p.ti3, p.tj3, y)
+    CB = max(1, min(x.shape[1], 4096 // (p.Hq * p.Wq * stride[0] * stride[1])))
+    _forward(x, w, bias, p.M, stride[0], stride[1], pads[0], pads[2], p.Hq, p.Wq, p.toff3, p.ti3, p.tj3, CB, y)
     return y
 
 
