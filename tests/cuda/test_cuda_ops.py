@@ -345,6 +345,8 @@ def test_every_kernel_runs_under_cuda_device():
         ops.batch_norm_backward(gy, x, g1)
         ops.lrn_backward(gy, x, 3)
         ops.lrn(x, 3)
+        ops.channel_affine(x, 2.0, 1.0)                                # preprocessing layers
+        ops.resize_bilinear_backward(ops.resize_bilinear(x, (3, 4)), (5, 5))
         ops.ew(x, x, "add")
         ops.ew_scale(x, 2.0)
         ops.concat_backward(ops.concat([x, x], 1), [2, 2], 1)
