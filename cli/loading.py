@@ -81,7 +81,8 @@ def resolve_device(device):
 
 
 def load_model_file(path, device=None):
-    """``nbcnn.load_model(path)`` on ``device`` with one-line errors that name the file."""
+    """``nbcnn.load_model(path)`` (``load_onnx`` for ``.onnx`` files) on ``device``, with one-line
+    errors that name the file."""
     import nbcnn
 
     p = Path(path)
@@ -90,6 +91,8 @@ def load_model_file(path, device=None):
     if p.is_dir():
         raise UserError(f"expected a model file, got a folder: {p}")
     try:
+        if p.suffix.lower() == ".onnx":
+            return nbcnn.load_onnx(p, device=resolve_device(device))
         return nbcnn.load_model(p, device=resolve_device(device))
     except UserError:
         raise

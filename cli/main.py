@@ -44,6 +44,9 @@ def _register() -> None:
     from . import augment, transfer, visualize
     for command in (transfer.transfer, augment.augment, visualize.visualize):
         cli.add_command(command)
+    from . import onnx_commands
+    for command in (onnx_commands.export, onnx_commands.import_):
+        cli.add_command(command)
 
 
 _register()

@@ -40,6 +40,8 @@ _LAZY = {
     "Model": ("nbcnn.models", "Model"),
     "Input": ("nbcnn.symbolic", "Input"),
     "load_model": ("nbcnn.models", "load_model"),
+    "load_onnx": ("nbcnn.onnx_import", "load_onnx"),
+    "export_onnx": ("nbcnn.onnx_export", "export_onnx"),
     "seed": ("nbcnn.random", "seed"),
 }
 
