@@ -1683,6 +1683,131 @@ class Concatenate(_Merge):
         return {**super().get_config(), "axis": self.axis}
 
 
+# ----------------------------------------------------------------------------------------------
+# shape and utility layers (what imported ONNX graphs need beyond the CNN layers)
+# ----------------------------------------------------------------------------------------------
+
+class Reshape(Layer):
+    """``(N, *in) -> (N, *target_shape)``: a view, no data moves (so no kernel on either device)."""
+
+    base_name = "reshape"
+
+    def __init__(self, target_shape, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.target_shape = self._check_shape(target_shape)
+
+    def _shapes(self, input_shape):
+        if int(np.prod(input_shape)) != int(np.prod(self.target_shape)):
+            raise ValueError(f"cannot reshape {input_shape} ({int(np.prod(input_shape))} values) to "
+                             f"{self.target_shape}")
+        return self.target_shape, []
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = x.shape if training else None
+        return x.reshape(x.shape[0], *self.target_shape)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        shape, self._cache = self._cache, None
+        return gy.reshape(shape)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+class ChannelShuffle(Layer):
+    """ShuffleNet's channel shuffle: ``(N, g*k, H, W)`` viewed as ``(N, g, k, H, W)``, transposed to
+    ``(N, k, g, H, W)`` and flattened back. A strided copy (NumPy/CuPy), exact on both devices."""
+
+    base_name = "channel_shuffle"
+
+    def __init__(self, groups: int, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        self.groups = int(groups)
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 3 or input_shape[0] % self.groups:
+            raise ValueError(f"ChannelShuffle({self.groups}) needs (C, H, W) with C a multiple of "
+                             f"{self.groups}, got {input_shape}")
+        return input_shape, []
+
+    @staticmethod
+    def _shuffle(x, a, b):
+        N, C, H, W = x.shape
+        xp = _xp(x)
+        return xp.ascontiguousarray(x.reshape(N, a, b, H, W).transpose(0, 2, 1, 3, 4)).reshape(N, C, H, W)
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = True if training else None
+        return self._shuffle(x, self.groups, x.shape[1] // self.groups)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        self._cache = None
+        return self._shuffle(gy, gy.shape[1] // self.groups, self.groups)
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
+
+
+class LogSoftmax(Layer):
+    """``log(softmax(x))`` over the classes of ``(N, classes)``, computed stably."""
+
+    base_name = "log_softmax"
+
+    def _shapes(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"LogSoftmax expects (classes,) per sample, got {input_shape}")
+        return input_shape, []
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        xp = _xp(x)
+        z = x - x.max(axis=1, keepdims=True)
+        y = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+        self._cache = y if training else None
+        return y
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        y, self._cache = self._cache, None
+        xp = _xp(y)
+        return gy - xp.exp(y) * gy.sum(axis=1, keepdims=True)
+
+
+class Clip(Layer):
+    """``min(max(x, low), high)``; the gradient passes where ``low < x < high``."""
+
+    base_name = "clip"
+
+    def __init__(self, low=-np.inf, high=np.inf, name=None, input_shape=None, trainable=True):
+        super().__init__(name=name, trainable=trainable, input_shape=input_shape)
+        self.low, self.high = float(low), float(high)
+        if not self.low <= self.high:
+            raise ValueError(f"Clip needs low <= high, got {low!r}, {high!r}")
+
+    def forward(self, x, training=False):
+        self._ensure_built(x)
+        self._cache = x if training else None
+        return _xp(x).clip(x, self.low, self.high)
+
+    def backward(self, gy):
+        if self._cache is None:
+            raise RuntimeError(f"layer {self.name!r}: backward() needs a forward(x, training=True) first")
+        x, self._cache = self._cache, None
+        return gy * ((x > self.low) & (x < self.high))
+
+    def get_config(self):
+        return {**super().get_config(), "low": self.low, "high": self.high}
+
+
 _REGISTRY = {c.__name__: c for c in (Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, Dropout, Activation,
                                      ReLU, Tanh, Sigmoid, Softmax)}
 _REGISTRY.update({c.__name__: c for c in (GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization,
@@ -1695,6 +1820,8 @@ _REGISTRY.update({c.__name__: c for c in (DepthwiseConv2D, SeparableConv2D, Zero
 __all__ += ["DepthwiseConv2D", "SeparableConv2D", "ZeroPadding2D"]
 _REGISTRY.update({c.__name__: c for c in (Rescaling, Normalization, Resizing, CenterCrop)})
 _REGISTRY.update({c.__name__: c for c in (Add, Subtract, Multiply, Average, Concatenate)})
+_REGISTRY.update({c.__name__: c for c in (Reshape, ChannelShuffle, LogSoftmax, Clip)})
+__all__ += ["Reshape", "ChannelShuffle", "LogSoftmax", "Clip"]
 
 
 def deserialize(cfg: dict) -> Layer:

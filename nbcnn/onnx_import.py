@@ -70,7 +70,8 @@ def _tail(t) -> tuple:
 # ----------------------------------------------------------------------------------------------
 
 class _Importer:
-    def __init__(self, onnx, model_proto, path, dtype):
+    def __init__(self, onnx, model_proto, path, dtype, device=None):
+        self.device = device
         self.onnx = onnx
         self.proto = model_proto
         self.path = path
@@ -181,6 +182,7 @@ class _Importer:
                                                   or (node.op_type == "Shape" and isinstance(self.env.get(n), _Sym))
                                                   for n in node.input):
                 outs = _fold(self, node)
+                outs = [None if o is None else np.asarray(o) for o in (outs if isinstance(outs, list) else [outs])]
             else:
                 outs = handler(self, node, self.attrs(node))
             if not isinstance(outs, (list, tuple)):
@@ -196,7 +198,8 @@ class _Importer:
             outputs.append(self.dense4(v, _Named(out.name)).t)
         model = nbcnn.Model(inputs if len(inputs) > 1 else inputs[0],
                             outputs if len(outputs) > 1 else outputs[0],
-                            name=_clean(self.graph.name) or "onnx_model", dtype=self.dtype.name)
+                            name=_clean(self.graph.name) or "onnx_model", dtype=self.dtype.name,
+                            device=self.device)
         return model
 
     def _array(self, tensor):
@@ -420,7 +423,7 @@ def _activation(kind):
         if kind == "relu":
             layer = L.ReLU(name=name)
         elif kind == "leaky_relu":
-            layer = L.LeakyReLU(float(a.get("alpha", 0.01)), name=name)
+            layer = L.LeakyReLU(negative_slope=float(a.get("alpha", 0.01)), name=name)
         elif kind == "elu":
             layer = L.ELU(float(a.get("alpha", 1.0)), name=name)
         elif kind == "hard_swish":
@@ -439,7 +442,7 @@ def _hard_sigmoid(imp, node, a):
         imp.fail(node, f"HardSigmoid with alpha={alpha}, beta={beta}: nbcnn's hard_sigmoid is "
                        "max(0, min(1, x / 6 + 0.5)) (alpha=1/6, beta=0.5)")
     x = imp.sym(node.input[0], node)
-    return imp.call(L.Activation("hard_sigmoid", name=imp.layer_name(node)), x.t, x.shape, x.squeezed)
+    return imp.call(L.HardSigmoid(name=imp.layer_name(node)), x.t, x.shape, x.squeezed)
 
 
 def _clip(imp, node, a):
@@ -476,14 +479,56 @@ def _pool(kind):
         if tuple(a.get("dilations", (1, 1))) != (1, 1):
             imp.fail(node, f"dilations {a['dilations']} are not supported for pooling")
         pads = _pads_2d(imp, node, a, x.shape, ks, strides)
-        kw = dict(size=ks, stride=strides, padding=pads, ceil_mode=bool(a.get("ceil_mode", 0)),
-                  name=imp.layer_name(node))
+        ceil = bool(a.get("ceil_mode", 0))
+        cip = kind == "avg" and bool(a.get("count_include_pad", 0))
+        x, padding, ceil = _pool_padding(imp, node, x, ks, strides, pads, ceil, kind, cip)
+        kw = dict(size=ks, stride=strides, padding=padding, ceil_mode=ceil, name=imp.layer_name(node))
         if kind == "avg":
-            layer = L.AvgPool2D(count_include_pad=bool(a.get("count_include_pad", 0)), **kw)
+            layer = L.AvgPool2D(count_include_pad=cip, **kw)
         else:
             layer = L.MaxPool2D(**kw)
         return [imp.call(layer, x.t)] + [None] * (len(node.output) - 1)
     return handler
+
+
+def _onnx_pool_size(n, k, s, before, after, ceil):
+    """ONNX's output length (with the rule that a last window may not start in the end padding)."""
+    span = n + before + after - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= n + before:
+        out -= 1
+    return out
+
+
+def _pool_padding(imp, node, x, ks, strides, pads, ceil, kind, cip):
+    """nbcnn pooling pads are symmetric; express ONNX's (top, bottom, left, right) exactly or refuse.
+
+    Extra padding at the bottom/right only is ceil mode with the smaller padding when the output
+    sizes agree (padded cells never count for max, nor for average without count_include_pad);
+    with count_include_pad the padding is made explicit with zeros, which then count.
+    """
+    from . import layers as L
+
+    pt, pb, pl, pr = pads
+    if pt == pb and pl == pr and pt <= ks[0] // 2 and pl <= ks[1] // 2:
+        return x, (pt, pl), ceil
+    H, W = x.shape[1:]
+    want = (_onnx_pool_size(H, ks[0], strides[0], pt, pb, ceil), _onnx_pool_size(W, ks[1], strides[1], pl, pr, ceil))
+    if kind == "avg" and cip:
+        zp = L.ZeroPadding2D((pt, pb, pl, pr), name=imp.layer_name(node, "_pad"))
+        xp_ = imp.call(zp, x.t)
+        from .kernels.geometry import pool_output_size
+        got = (pool_output_size(H + pt + pb, ks[0], 0, strides[0], ceil),
+               pool_output_size(W + pl + pr, ks[1], 0, strides[1], ceil))
+        if got == want:
+            return xp_, (0, 0), ceil
+    elif pb >= pt and pr >= pl and pt <= ks[0] // 2 and pl <= ks[1] // 2:
+        from .kernels.geometry import pool_output_size
+        got = (pool_output_size(H, ks[0], pt, strides[0], True), pool_output_size(W, ks[1], pl, strides[1], True))
+        if got == want:
+            return x, (pt, pl), True
+    imp.fail(node, f"pads {list(pads)} (top, bottom, left, right) with kernel {list(ks)} and strides "
+                   f"{list(strides)} cannot be expressed exactly by nbcnn's symmetric pooling padding")
 
 
 def _global_pool(kind):
@@ -883,12 +928,8 @@ def load_onnx(path, *, device=None, dtype=None):
     dt = np.dtype(dtype or "float32")
     if dt not in (np.float32, np.float64):
         raise OnnxError(f"dtype must be float32 or float64, got {dtype!r}")
-    imp = _Importer(onnx, proto, path, dt)
-    from .device import get_device
-    dev = device if device is not None else "auto"
+    imp = _Importer(onnx, proto, path, dt, device)
     model = imp.run()
-    if dev is not None:
-        model.to(dev) if hasattr(model, "to") else None
     model.build()
     for layer, arrays in imp.weights:
         try:
@@ -896,5 +937,4 @@ def load_onnx(path, *, device=None, dtype=None):
         except ValueError as exc:
             raise OnnxError(f"{path}: weights of {layer.name!r} do not fit: {exc}") from None
     model.onnx_import_notes = list(imp.notes)
-    del get_device
     return model

@@ -24,6 +24,14 @@ def make(nodes, x_shape, inits=(), opset=17, out="y", out_shape=None, name="g"):
         initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in dict(inits).items()])
     ir = 3 if opset < 8 else (7 if opset <= 15 else 8)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+    if out_shape is None:  # the checker wants a shape on graph outputs: take the inferred one
+        inferred = onnx.shape_inference.infer_shapes(m)
+        dims = next((vi.type.tensor_type.shape for vi in inferred.graph.value_info if vi.name == out), None)
+        out_vi = m.graph.output[0]
+        if dims is not None:
+            out_vi.type.tensor_type.shape.CopyFrom(dims)
+        else:
+            out_vi.type.tensor_type.shape.SetInParent()
     if ir < 4:
         for k, v in dict(inits).items():
             arr = np.asarray(v)
@@ -110,8 +118,17 @@ POOL_CASES = [
     dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
     dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
     dict(kernel_shape=[3, 3], strides=[1, 1], auto_pad="SAME_UPPER"),
-    dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1], ceil_mode=1),
+    dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 0], ceil_mode=1),
 ]
+
+
+def test_pool_pads_without_exact_form_refused(tmp_path):
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 2], strides=[2, 1],
+                            pads=[1, 0, 1, 1])
+    path = tmp_path / "p.onnx"
+    onnx.save(make([node], (2, 9, 10)), path)
+    with pytest.raises(OnnxError, match="MaxPool node 'pool'.*cannot be expressed"):
+        nbcnn.load_onnx(path)
 
 
 @pytest.mark.parametrize("attrs", POOL_CASES, ids=[str(c) for c in POOL_CASES])
@@ -248,10 +265,10 @@ def test_pad(tmp_path):
 @pytest.mark.parametrize("opset", [7, 12, 13, 21])
 def test_dropout_softmax_opsets(opset, tmp_path):
     nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "W"], ["g"], name="fc", transB=1),
+             helper.make_node("Gemm", ["f", "W", "c"], ["g"], name="fc", transB=1),
              helper.make_node("Dropout", ["g"], ["d"], name="drop"),
              helper.make_node("Softmax", ["d"], ["y"], name="sm", axis=1)]
-    check(make(nodes, (2, 2, 2), {"W": _w(4, 8)}, opset=opset), X4(3, 2, 2, 2), tmp_path)
+    check(make(nodes, (2, 2, 2), {"W": _w(4, 8), "c": _w(4)}, opset=opset), X4(3, 2, 2, 2), tmp_path)
 
 
 def test_logsoftmax(tmp_path):
@@ -312,7 +329,7 @@ def test_not_onnx_and_truncated(tmp_path):
 def test_dynamic_spatial_shape_refused(tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])])
     path = tmp_path / "dyn.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(OnnxError, match="fixed"):
