@@ -990,6 +990,12 @@ class Model:
         res = [o[0] if len(o) == 1 else np.concatenate(o) for o in outs]
         return res if self._multi_out else res[0]
 
+    def export_onnx(self, path, **kwargs):
+        """Write this model as ONNX: :func:`nbcnn.export_onnx` (the ``onnx`` extra)."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
     def inference_plan(self) -> InferencePlan:
         """The graph rewritten for ``predict`` (BN folded into convolutions, ReLUs fused), made once."""
         self.build()

@@ -72,10 +72,12 @@ def _act(b: _Builder, x: str, act: str, base: str, layer=None) -> str:
         return b.node("Sigmoid", [x], base)
     if act == "softmax":
         return b.node("Softmax", [x], base, axis=1)
-    if act == "leaky_relu":
-        return b.node("LeakyRelu", [x], base, alpha=float(getattr(layer, "alpha", 0.01) if layer else 0.01))
-    if act == "elu":
-        return b.node("Elu", [x], base, alpha=float(getattr(layer, "alpha", 1.0) if layer else 1.0))
+    if act in ("leaky_relu", "elu"):
+        from .layers import _STRING_ALPHA
+
+        alpha = getattr(layer, "alpha", None) if layer is not None else None
+        alpha = _STRING_ALPHA[act] if alpha is None else alpha
+        return b.node("LeakyRelu" if act == "leaky_relu" else "Elu", [x], base, alpha=float(alpha))
     if act in ("silu", "swish"):
         return b.node("Mul", [x, b.node("Sigmoid", [x], f"{base}_sig")], base)
     if act == "hard_sigmoid":
@@ -211,8 +213,62 @@ def _emit_zeropad(b, layer, ins):
                   mode="constant")
 
 
+def _emit_shuffle(b, layer, ins):
+    C, H, W = layer.input_shape
+    g = layer.groups
+    a = b.node("Reshape", [ins[0], b.ints(f"{layer.name}_s5", [0, g, C // g, H, W])], f"{layer.name}_5d")
+    t = b.node("Transpose", [a], f"{layer.name}_t", perm=[0, 2, 1, 3, 4])
+    return b.node("Reshape", [t, b.ints(f"{layer.name}_s4", [-1, C, H, W])], layer.name)
+
+
 def _emit_reshape(b, layer, ins):
     return b.node("Reshape", [ins[0], b.ints(f"{layer.name}_shape", [0, *layer.target_shape])], layer.name)
+
+
+def _channel_affine(b, x, scale, offset, base):
+    """``x * scale + offset`` with per-channel (or scalar) constants broadcast over H, W."""
+    def shaped(v):
+        v = np.asarray(v, np.float64)
+        return v.reshape(-1, 1, 1) if v.ndim and v.size > 1 else v.reshape(())
+    y = b.node("Mul", [x, b.const(f"{base}_scale", shaped(scale))], f"{base}_mul")
+    return b.node("Add", [y, b.const(f"{base}_offset", shaped(offset))], base)
+
+
+def _emit_rescaling(b, layer, ins):
+    return _channel_affine(b, ins[0], layer.scale, layer.offset, layer.name)
+
+
+def _emit_normalization(b, layer, ins):
+    scale, offset = layer._scale_offset(None)
+    return _channel_affine(b, ins[0], scale, offset, layer.name)
+
+
+def _emit_center_crop(b, layer, ins):
+    pt, pb, pl, pr = layer._pads(*layer.input_shape[1:])
+    H, W = layer.input_shape[1:]
+    return b.node("Slice", [ins[0], b.ints(f"{layer.name}_starts", [pt, pl]), b.ints(f"{layer.name}_ends", [H - pb, W - pr]),
+                            b.ints(f"{layer.name}_axes", [2, 3])], layer.name)
+
+
+def _emit_separable(b, layer, ins):
+    return _emit_conv(b, layer.pointwise, [_emit_conv(b, layer.depthwise, ins)])
+
+
+def _emit_shortcut(b, layer, ins):
+    """ResNet option-A shortcut: every ``strides``-th pixel, then zero channels up to ``filters``."""
+    s = int(layer.strides)
+    C = layer.input_shape[0]
+    x = ins[0]
+    if s > 1:
+        big = np.iinfo(np.int64).max
+        x = b.node("Slice", [x, b.ints(f"{layer.name}_st", [0, 0]), b.ints(f"{layer.name}_en", [big, big]),
+                             b.ints(f"{layer.name}_ax", [2, 3]), b.ints(f"{layer.name}_sp", [s, s])], f"{layer.name}_sub")
+    extra = layer.filters - C
+    if extra:
+        lo = extra // 2
+        x = b.node("Pad", [x, b.ints(f"{layer.name}_pads", [0, lo, 0, 0, 0, extra - lo, 0, 0])], layer.name,
+                   mode="constant")
+    return x
 
 
 _EMITTERS: dict = {}
@@ -228,8 +284,14 @@ def _register_defaults():
         "Flatten": _emit_flatten, "Dropout": _emit_identity, "LocalResponseNormalization": _emit_lrn,
         "Add": _emit_merge("Sum"), "Multiply": _emit_merge("Mul"), "Subtract": _emit_merge("Sub"),
         "Average": _emit_merge("Mean"), "Concatenate": _emit_concat, "ZeroPadding2D": _emit_zeropad,
-        "Reshape": _emit_reshape,
+        "Reshape": _emit_reshape, "Rescaling": _emit_rescaling, "Normalization": _emit_normalization,
+        "CenterCrop": _emit_center_crop, "SeparableConv2D": _emit_separable, "IdentityShortcut": _emit_shortcut,
+        "ChannelShuffle": None, "LogSoftmax": None, "Clip": None,
     }
+    table["ChannelShuffle"] = _emit_shuffle
+    table["LogSoftmax"] = lambda b, layer, ins: b.node("LogSoftmax", [ins[0]], layer.name, axis=1)
+    table["Clip"] = lambda b, layer, ins: b.node("Clip", [ins[0], b.const(f"{layer.name}_min", layer.low),
+                                                          b.const(f"{layer.name}_max", layer.high)], layer.name)
     for name, fn in table.items():
         cls = getattr(L, name, None)
         if cls is not None:
@@ -267,19 +329,26 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, dynamic_batch=True):
     graph_inputs, graph_outputs = [], []
     elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(model.dtype))
     batch = "N" if dynamic_batch else 1
+    g = model._require_graph()
+    shapes = {}
     names = {}
-    for i, (key, shape) in enumerate(_model_inputs(model)):
-        name = b.name(key or ("input" if i == 0 else f"input_{i}"))
-        names[id_of(key, i)] = name
-        graph_inputs.append(onnx.helper.make_tensor_value_info(name, elem, [batch, *shape]))
-    for layer, in_keys, out_key in _model_steps(model):
-        ins = [names[k] for k in in_keys]
-        names[out_key] = _emitter(layer)(b, layer, ins)
-    for j, (key, shape) in enumerate(_model_outputs(model)):
-        src = names[key]
+    in_names = [getattr(t, "name", None) for t in getattr(model, "inputs", [])] if g.n_inputs > 1 else []
+    for i, shape in enumerate(model._input_shapes()):
+        base = (in_names[i] if i < len(in_names) and in_names[i] else None) or ("input" if i == 0 else f"input_{i}")
+        names[i] = b.name(base)
+        shapes[i] = tuple(shape)
+        graph_inputs.append(onnx.helper.make_tensor_value_info(names[i], elem, [batch, *shape]))
+    for layer, ins, out, _multi in g.steps:
+        names[out] = _emitter(layer)(b, layer, [names[t] for t in ins])
+        shapes[out] = tuple(layer._out)
+    probs = model.loss is None or model.loss.expects_logits
+    for j, t in enumerate(g.outputs):
+        src = names[t]
+        if probs and len(shapes[t]) == 1 and not model._ends_in_softmax(t):
+            src = b.node("Softmax", [src], "probabilities", axis=1)  # predict() returns probabilities too
         name = b.name("output" if j == 0 else f"output_{j}")
         b.nodes.append(onnx.helper.make_node("Identity", [src], [name], name=b.name(f"{name}_Identity")))
-        graph_outputs.append(onnx.helper.make_tensor_value_info(name, elem, [batch, *shape]))
+        graph_outputs.append(onnx.helper.make_tensor_value_info(name, elem, [batch, *shapes[t]]))
     graph = onnx.helper.make_graph(b.nodes, model.name or "nbcnn_model", graph_inputs, graph_outputs,
                                    initializer=b.inits)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
@@ -295,20 +364,3 @@ def export_onnx(model, path, *, opset=DEFAULT_OPSET, dynamic_batch=True):
     with atomic_open(path, "wb") as f:
         f.write(proto.SerializeToString())
     return path
-
-
-def id_of(key, i):
-    return key if key is not None else ("__input__", i)
-
-
-# The three functions below read the model's structure; they are the only part that knows the engine.
-def _model_inputs(model):
-    raise NotImplementedError
-
-
-def _model_steps(model):
-    raise NotImplementedError
-
-
-def _model_outputs(model):
-    raise NotImplementedError
