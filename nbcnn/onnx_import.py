@@ -831,8 +831,13 @@ def _pad(imp, node, a):
             imp.fail(node, "the axes input is not supported")
     if value != 0.0:
         imp.fail(node, f"constant value {value} is not supported (zero padding is)")
+    if len(pads) == 8 and not any(pads[i] for i in (0, 2, 3, 4, 6, 7)) and (pads[1] or pads[5]):
+        lo, hi = int(pads[1]), int(pads[5])
+        if lo == (lo + hi) // 2:  # zero channels around the input: the shortcut's channel padding
+            layer = L.IdentityShortcut(x.shape[0] + lo + hi, strides=1, name=imp.layer_name(node))
+            return imp.call(layer, x.t)
     if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)):
-        imp.fail(node, f"pads {pads}: only padding of H and W is supported")
+        imp.fail(node, f"pads {pads}: only padding of H and W (or zero channels split evenly) is supported")
     top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
     layer = L.ZeroPadding2D(((top, bottom), (left, right)), name=imp.layer_name(node))
     return imp.call(layer, x.t)
@@ -867,6 +872,29 @@ def _unsqueeze(imp, node, a):
     return imp.call(L.Reshape(rest, name=imp.layer_name(node)), x.t, rest)
 
 
+def _slice(imp, node, a):
+    """A strided subsample of H and W (``x[:, :, ::s, ::s]``, ResNet option-A shortcuts)."""
+    from . import layers as L
+
+    x = imp.dense4(imp.sym(node.input[0], node), node)
+    if imp.opset < 10:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        starts, ends = (list(np.atleast_1d(imp.const(n, node, w))) for n, w in zip(node.input[1:3], ("starts", "ends")))
+        axes = list(np.atleast_1d(imp.const(node.input[3], node, "axes"))) if len(node.input) > 3 and node.input[3] else None
+        steps = list(np.atleast_1d(imp.const(node.input[4], node, "steps"))) if len(node.input) > 4 and node.input[4] else None
+    axes = [int(v) % 4 for v in (axes if axes is not None else range(len(starts)))]
+    steps = [int(v) for v in (steps if steps is not None else [1] * len(starts))]
+    spec = {ax: (int(st), int(en), sp) for ax, st, en, sp in zip(axes, starts, ends, steps)}
+    H, W = x.shape[1:]
+    full = all(spec.get(ax, (0, n, 1))[0] == 0 and spec.get(ax, (0, n, 1))[1] >= n for ax, n in ((2, H), (3, W)))
+    s2, s3 = spec.get(2, (0, H, 1))[2], spec.get(3, (0, W, 1))[2]
+    if set(spec) <= {2, 3} and full and s2 == s3 and s2 >= 1:
+        layer = L.IdentityShortcut(x.shape[0], strides=s2, name=imp.layer_name(node))
+        return imp.call(layer, x.t)
+    imp.fail(node, f"slicing {spec} is not supported (a strided subsample of H and W from 0 is)")
+
+
 def _not_constant(imp, node, a):
     imp.fail(node, "its inputs must be constants (or, for Shape, a tensor of known shape): this is a "
                    "dynamic shape computation")
@@ -886,7 +914,7 @@ _HANDLERS = {
     "Dropout": _passthrough, "Identity": _passthrough, "Softmax": _softmax(False), "LogSoftmax": _softmax(True),
     "Pad": _pad, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
     "Constant": _not_constant, "ConstantOfShape": _not_constant, "Shape": _not_constant,
-    "Gather": _not_constant, "Cast": _not_constant, "Slice": _not_constant,
+    "Gather": _not_constant, "Cast": _not_constant, "Slice": _slice,
 }
 
 
