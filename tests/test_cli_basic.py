@@ -44,7 +44,7 @@ def test_unknown_command_and_bad_option_are_usage_errors(runner):
     res = runner.invoke(cli, ["bench", "--op", "nope"])
     assert res.exit_code == 2
     assert res.output.strip() == ("Error: Invalid value for '--op': 'nope' is not one of 'conv', 'pool', 'norm', "
-                                  "'global_pool', 'act', 'all'. (see 'nbcnn bench --help')")
+                                  "'global_pool', 'conv_modern', 'act', 'all'. (see 'nbcnn bench --help')")
     res = runner.invoke(cli, ["--bogus"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "--bogus" in res.output
 
