@@ -88,6 +88,27 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 # IDX
 # ----------------------------------------------------------------------------------------------
 
+_IDX_MAX_RATIO = 100  # real image sets compress ~2-10:1; zero-filled bombs 200-1000:1
+
+
+def _bounded_idx_read(g, path, packed: int) -> bytes:
+    """Decompress only what the IDX header declares (+1 byte to detect trailing data), after checking
+    that size against the compressed size: a small .gz that would expand to gigabytes fails at once."""
+    head = g.read(4)
+    if len(head) < 4 or head[0] or head[1] or head[2] not in _IDX_DTYPES or not head[3]:
+        return head  # the caller reports the bad header
+    dims_raw = g.read(4 * head[3])
+    if len(dims_raw) < 4 * head[3]:
+        return head + dims_raw
+    dims = [int.from_bytes(dims_raw[4 * i:4 * i + 4], "big") for i in range(head[3])]
+    need = int(np.prod(dims, dtype=object)) * np.dtype(_IDX_DTYPES[head[2]]).itemsize
+    if need > max(packed, 1 << 20) * _IDX_MAX_RATIO:
+        raise DatasetError(f"{path}: header says shape {tuple(dims)} ({need:,} bytes), {need / max(packed, 1):,.0f} "
+                           f"times the {packed:,}-byte compressed file: not a real data set")
+    body = g.read(need + 1)
+    return head + dims_raw + body
+
+
 def read_idx(path, expect_ndim: int | None = None) -> np.ndarray:
     """Read an IDX file (gzip'd or raw), validating the magic number and the exact size.
 
@@ -102,7 +123,7 @@ def read_idx(path, expect_ndim: int | None = None) -> np.ndarray:
             if head == b"\x1f\x8b":
                 try:
                     with gzip.GzipFile(fileobj=f) as g:
-                        data = g.read()
+                        data = _bounded_idx_read(g, path, os.fstat(f.fileno()).st_size)
                 except (EOFError, OSError, gzip.BadGzipFile) as exc:
                     raise DatasetError(f"{path}: corrupt or truncated gzip file ({exc})") from None
             else:
@@ -124,9 +145,11 @@ def read_idx(path, expect_ndim: int | None = None) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     need = hdr + int(np.prod(dims)) * dtype.itemsize
     if len(data) != need:
-        what = "truncated" if len(data) < need else "has trailing data"
-        raise DatasetError(f"{path}: {what}: header says shape {dims} ({need} bytes in all), "
-                           f"file has {len(data)} bytes")
+        if len(data) < need:
+            raise DatasetError(f"{path}: truncated: header says shape {dims} ({need:,} bytes in all), "
+                               f"file has {len(data):,} bytes")
+        raise DatasetError(f"{path}: has trailing data: header says shape {dims} ({need:,} bytes in all), "
+                           f"the file holds more")
     arr = np.frombuffer(data, dtype=dtype, offset=hdr).reshape(dims)
     return arr.astype(dtype.newbyteorder("=")) if dtype.byteorder == ">" else arr.copy()
 
@@ -158,7 +181,7 @@ def _finish(name, where, tr_x, tr_y, te_x, te_y):
         if x.ndim == 3:
             x = x[:, None]
         if x.ndim != 4 or x.dtype != np.uint8:
-            raise DatasetError(f"{where}: {split} images must be uint8 (N, 28, 28) or (N, 1, 28, 28), "
+            raise DatasetError(f"{where}: {split} images must be uint8 (N, H, W) or (N, C, H, W), "
                                f"got {x.dtype} {x.shape}")
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise DatasetError(f"{where}: {split} has {x.shape[0]} images but labels of shape {y.shape}")

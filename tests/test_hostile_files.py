@@ -101,3 +101,22 @@ def test_hand_edited_index_fields_name_the_field(saved, tmp_path, edit, field):
 
 def test_the_unedited_file_still_loads(saved):
     assert load_model(saved).count_params() == 16 * 3 + 3
+
+
+def _gzip_member(raw_deflate: bytes, crc: int, size: int) -> bytes:
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + raw_deflate + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("dims", [(10, 28, 28), (2739000, 28, 28)], ids=["small-header", "huge-header"])
+def test_a_small_gz_idx_expanding_to_2_gib_is_rejected_at_once(tmp_path, dims):
+    import gzip
+
+    from nbcnn.datasets import DatasetError, read_idx
+
+    header = b"\x00\x00\x08\x03" + b"".join(struct.pack(">I", d) for d in dims)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(header) + _gzip_member(_zeros_deflate(GIB2), 0, GIB2))
+    t = time.perf_counter()
+    with pytest.raises(DatasetError, match="trailing data|not a real data set"):
+        read_idx(bomb, 3)
+    assert time.perf_counter() - t < 1.0
