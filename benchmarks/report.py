@@ -2,7 +2,7 @@
 
 Only the text between ``<!-- nbcnn.bench:NAME:begin -->`` and
 ``<!-- nbcnn.bench:NAME:end -->`` is replaced; everything else in RESULTS.md
-(the narrative, and sections other helpers own, e.g. Accuracy and GPU) is left
+(the prose and the hand-written tables, e.g. Accuracy) is left
 as it is. A block whose JSON is missing keeps its old text.
 
     python benchmarks/report.py            # update RESULTS.md in place

@@ -574,7 +574,7 @@ class Trainer:
                       f"batch {o['batch_size'] // self.ranks} per rank x {self.ranks} ranks = global batch "
                       f"{o['batch_size']} (the learning rate is not rescaled for it; set --lr)")
         self.say(f"device {self.device}, {o['optimizer']} {lr}, {batch_desc}, "
-                 f"{o['epochs']} epochs, seed {o['seed']}"
+                 f"{o['epochs']} epoch{'s' if o['epochs'] != 1 else ''}, seed {o['seed']}"
                  + (f", augment {o['augment']} with {o['workers']} workers" if o["augment"] else ""))
         if self.state is not None:
             where = f"epoch {epoch + 1} after batch {batch}/{steps}" if batch else f"the end of epoch {epoch}"

@@ -15,11 +15,3 @@ if "NBCNN_DATA" not in os.environ and _SHARED.is_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
-
-
-def data_dir(name: str) -> Path:
-    """The folder of a real data set, or skip the test."""
-    root = os.environ.get("NBCNN_DATA")
-    if not root or not (Path(root) / name).is_dir():
-        pytest.skip(f"real data set {name!r} not found (set NBCNN_DATA)")
-    return Path(root) / name

@@ -54,7 +54,7 @@ def test_console_train_evaluate_predict_resume(nbcnn_cli, tmp_path):
     import nbcnn
 
     p = nbcnn_cli("train", "--epochs", 1, *RUN, "--out", "m.nbcnn")
-    assert "epoch 1/1" in p.stdout and "test accuracy" in p.stdout
+    assert "epoch 1/1" in p.stdout and "test accuracy" in p.stdout and ", 1 epoch, seed" in p.stdout
     assert (tmp_path / "m.nbcnn").exists() and (tmp_path / "m.metrics.json").exists()
 
     p = nbcnn_cli("evaluate", "m.nbcnn", "--limit", 100, "--json", "ev.json", "--no-plot")
@@ -64,10 +64,12 @@ def test_console_train_evaluate_predict_resume(nbcnn_cli, tmp_path):
 
     (_, _), (xt, yt) = nbcnn.datasets.load_mnist(quiet=True)
     np.save(tmp_path / "x.npy", xt[:2])
-    p = nbcnn_cli("predict", "m.nbcnn", "x.npy", "--json", "-k", 1)
+    p = nbcnn_cli("predict", "m.nbcnn", "x.npy", "--json", "-", "-k", 1)
     preds = json.loads(p.stdout)
     expected = nbcnn.load_model(tmp_path / "m.nbcnn").predict(xt[:2]).argmax(axis=1)
     assert [r["top"][0]["class"] for r in preds] == expected.tolist()
+    p = nbcnn_cli("predict", "m.nbcnn", "x.npy", "--json", "pred.json", "-k", 1)   # a file, and the text
+    assert json.loads((tmp_path / "pred.json").read_text()) == preds and "x.npy[0]" in p.stdout
 
     # Continue the 1-epoch model to 2 epochs, with a real SIGINT after 3 batches of epoch 2.
     p = nbcnn_cli("train", "--resume", "m.nbcnn", "--epochs", 2, "--out", "m2.nbcnn", expect=130,

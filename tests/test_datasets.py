@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nbcnn import datasets as D
-from tests.conftest import data_dir
+from _data import data_dir
 
 
 def _idx_bytes(arr: np.ndarray, code=0x08) -> bytes:

@@ -11,7 +11,7 @@ import nbcnn
 from nbcnn import callbacks as cbs
 from nbcnn import layers as L
 from nbcnn import optim, zoo
-from tests.conftest import data_dir
+from _data import data_dir
 
 LENET5_SUMMARY = """\
 Model: "lenet5"
