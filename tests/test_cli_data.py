@@ -136,7 +136,7 @@ def test_bad_folders_are_one_line_errors(env):
 
 
 def test_cifar10_layout_in_data_dir(env):
-    from tests.test_cifar import write_cifar10
+    from test_cifar import write_cifar10
 
     write_cifar10(env / "c", np.random.default_rng(3), per_file=4)
     out = env / "c.nbcnn"
