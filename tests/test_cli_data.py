@@ -77,7 +77,7 @@ def test_folder_train_predict_evaluate(tree, env):
     row = res.output.strip().splitlines()[-1]
     names = [tok for tok in row.split() if tok in CLASSES]
     assert len(names) == 2 and "%)" in row and "inverted" not in res.output
-    res = run(["predict", out, img, "--json"])
+    res = run(["predict", out, img, "--json", "-"])
     top = json.loads(res.output)[0]["top"]
     assert top[0]["label"] in CLASSES and abs(sum(t["probability"] for t in top) - 1) < 0.05
     # evaluate: accuracy, a per-class table with the names, the confusion matrix

@@ -61,7 +61,7 @@ def test_train_writes_model_metrics_and_curves(trained):
     path, res = trained
     out = res.output
     assert "Training lenet5 (relu, max-pooling, 61,706 parameters) on mnist" in out
-    assert "adam lr 0.002 with cosine decay, batch 50, 1 epochs, seed 7" in out
+    assert "adam lr 0.002 with cosine decay, batch 50, 1 epoch, seed 7" in out
     assert "240 train / 60 validation / 100 test images" in out
     assert "epoch 1/1  loss " in out and "val_acc " in out
     assert "\r" not in out and "\x1b[" not in out  # not a terminal: no progress bar, no colours
@@ -328,7 +328,7 @@ def test_predict_images_and_arrays(runner, trained, tmp_path):
     np.save(tmp_path / "three.npy", xt)
     Image.fromarray(xt[0, 0]).save(tmp_path / "digit.png")
     res = runner.invoke(cli, ["predict", str(path), str(tmp_path / "three.npy"), str(tmp_path / "digit.png"),
-                              "--json", "-k", "3"])
+                              "--json", "-", "-k", "3"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert [r["input"].rsplit("/", 1)[-1] for r in out] == ["three.npy[0]", "three.npy[1]", "three.npy[2]",
