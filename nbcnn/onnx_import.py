@@ -299,9 +299,8 @@ def _fold(imp, node):
         return ins[0].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
     if op in ("Add", "Sub", "Mul", "Div", "Sum"):
         vals = [v for v in ins if v is not None]
-        if any(np.any(np.asarray(v) == _BATCH) for v in vals) and op != "Concat":
-            if op in ("Mul", "Div"):
-                imp.fail(node, "arithmetic on the batch size is a dynamic shape")
+        if op in ("Mul", "Div") and any(np.any(np.asarray(v) == _BATCH) for v in vals):
+            imp.fail(node, "arithmetic on the batch size is a dynamic shape")
         out = vals[0]
         for v in vals[1:]:
             if op in ("Add", "Sum"):
@@ -716,11 +715,8 @@ def _reshape(imp, node, a):
 
     x = imp.sym(node.input[0], node)
     target = [int(v) for v in imp.const(node.input[1], node, "shape")]
-    if not target or not (target[0] in (0, _BATCH, -1) or (target[0] == 1 and False)):
-        if target and target[0] not in (0, _BATCH):
-            # a fixed leading size: allowed only if it can be the batch (exported with batch 1)
-            if target[0] != 1:
-                imp.fail(node, f"shape {target} changes the batch axis")
+    if target and target[0] not in (0, _BATCH, -1, 1):  # 1: a file exported with batch 1
+        imp.fail(node, f"shape {target} changes the batch axis")
     rest = target[1:]
     n = int(np.prod(x.shape))
     rest = [x.shape[i] if (v == 0 and i < len(x.shape)) else v for i, v in enumerate(rest)]
@@ -756,15 +752,14 @@ class _Pending5:
 
 
 def _transpose(imp, node, a):
-    from . import layers as L
-
     v = imp.env.get(node.input[0])
     perm = [int(p) for p in a.get("perm", [])]
     if isinstance(v, _Pending5) and perm == [0, 2, 1, 3, 4] and not v.transposed:
         return _Pending5(v.x, v.rest, True)
-    x = imp.sym(node.input[0], node) if not isinstance(v, _Pending5) else None
+    if not isinstance(v, _Pending5):
+        imp.sym(node.input[0], node)  # a constant or missing input gets its own message
     imp.fail(node, f"Transpose with perm {perm} is not supported (only the channel shuffle "
-                   f"Reshape-Transpose(0,2,1,3,4)-Reshape is){'' if x is None else ''}")
+                   "Reshape-Transpose(0,2,1,3,4)-Reshape is)")
 
 
 def _reshape_or_shuffle(imp, node, a):
@@ -790,7 +785,6 @@ def _softmax(log):
 
         x = imp.sym(node.input[0], node)
         axis = int(a.get("axis", 1 if imp.opset < 13 else -1))
-        rank = len(x.shape) + 1
         ok = (len(x.shape) == 1 and axis in (1, -1)) or (imp.opset < 13 and axis == 1)
         if not ok:
             imp.fail(node, f"softmax over axis {axis} of (N, {x.shape}) is not supported (over the classes "
@@ -865,7 +859,7 @@ def _unsqueeze(imp, node, a):
     for ax in axes:
         shape.insert(ax if ax >= 0 else ax + len(shape) + 1, 1)
     if shape[0] is not None:
-        imp.fail(node, f"unsqueezing axis 0 (the batch axis) is not supported")
+        imp.fail(node, "unsqueezing axis 0 (the batch axis) is not supported")
     rest = tuple(shape[1:])
     if x.squeezed and rest == (x.shape[0], 1, 1):
         return x
